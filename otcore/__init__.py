@@ -1,0 +1,30 @@
+"""otcore: differentiable entropic optimal transport, written once for every array library.
+
+Pass NumPy, JAX, PyTorch or CuPy arrays; results come back as the same type, dtype and
+device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
+"""
+
+from . import costs
+from .api import reg_ot_cost, solve
+from .epsilon import EpsilonSchedule
+from .errors import ConvergenceWarning, NonFiniteIterationError
+from .geometry import Geometry, PointCloud
+from .output import SinkhornOutput
+from .problem import LinearProblem
+from .sinkhorn import Sinkhorn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "EpsilonSchedule",
+    "Geometry",
+    "LinearProblem",
+    "NonFiniteIterationError",
+    "PointCloud",
+    "Sinkhorn",
+    "SinkhornOutput",
+    "costs",
+    "reg_ot_cost",
+    "solve",
+]

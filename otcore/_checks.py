@@ -1,0 +1,76 @@
+"""Input validation with clear messages naming the offending argument.
+
+Value checks (finiteness, signs) need concrete values: they run eagerly and are skipped
+for traced arrays (inside ``jax.jit``/``jax.vmap``/``jax.grad``), where nothing can be
+inspected without breaking the trace.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from . import _xp
+
+
+def check_float_array(xp, name: str, x, min_ndim: int = 1):
+    """Raise ``TypeError`` unless ``x`` is a floating array with at least ``min_ndim`` axes."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if not _xp.is_floating(xp, x):
+        raise TypeError(
+            f"{name} must have a real floating dtype (float32/float64), got {x.dtype}; "
+            f"convert it, e.g. with {name}.astype(float)"
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
+
+
+def check_finite(adapter, name: str, x):
+    """Raise ``ValueError`` if a concrete ``x`` holds NaN or infinite values."""
+    if adapter.is_concrete(x) and not bool(adapter.xp.all(adapter.xp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_weights(adapter, name: str, w):
+    """Raise ``ValueError`` if concrete weights ``w`` are non-finite, negative or all zero."""
+    check_finite(adapter, name, w)
+    if adapter.is_concrete(w):
+        xp = adapter.xp
+        if not bool(xp.all(w >= 0)):
+            raise ValueError(f"{name} must be non-negative, got a negative entry")
+        if not bool(xp.all(xp.sum(w, axis=-1) > 0)):
+            raise ValueError(f"{name} must have positive total mass, got all zeros")
+
+
+def check_same_device(names, arrays):
+    """Raise ``ValueError`` if the (non-``None``) arrays live on different devices."""
+    seen = [(n, _xp.device_of(a)) for n, a in zip(names, arrays) if a is not None]
+    seen = [(n, d) for n, d in seen if d is not None]  # traced arrays report no device
+    devices = {str(d) for _, d in seen}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in seen)
+        raise ValueError(f"all arrays must be on the same device, got {listing}")
+
+
+def check_same_dtype(names, arrays):
+    """Raise ``TypeError`` if the (non-``None``) arrays have different dtypes."""
+    seen = [(n, a.dtype) for n, a in zip(names, arrays) if a is not None]
+    if len({str(d) for _, d in seen}) > 1:
+        listing = ", ".join(f"{n}: {d}" for n, d in seen)
+        raise TypeError(f"all arrays must share one floating dtype, got {listing}")
+
+
+def check_tau(name: str, tau):
+    """Return ``tau`` as a float after checking ``0 < tau <= 1``."""
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(f"{name} must be a float in (0, 1], got {type(tau).__name__}")
+    if not 0.0 < float(tau) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1] (1 is balanced), got {tau!r}")
+    return float(tau)
+
+
+def check_positive_int(name: str, value, minimum: int = 1):
+    """Return ``value`` after checking it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -1,0 +1,98 @@
+"""Array-namespace helpers shared by the core code.
+
+Everything here is written against the Python array API standard and works on any
+compliant namespace (NumPy, JAX, PyTorch, CuPy, array_api_strict).
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+
+__all__ = [
+    "device_of",
+    "is_floating",
+    "logsumexp",
+    "namespace",
+    "safe_log",
+    "where_positive",
+]
+
+
+def namespace(*arrays, names=None):
+    """Return the array namespace shared by ``arrays`` (``None`` entries are skipped).
+
+    Raises:
+        TypeError: if the arrays come from different libraries; the message names the
+            arguments (``names``, parallel to ``arrays``) and their types.
+
+    Example:
+        >>> import numpy as np
+        >>> xp = namespace(np.ones(3), np.zeros(2))
+        >>> xp.__name__.endswith("numpy")
+        True
+    """
+    present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+    if not present:
+        raise TypeError("at least one array is required")
+    try:
+        return array_api_compat.array_namespace(*[a for _, a in present])
+    except TypeError:
+        labels = names or [f"argument {i}" for i in range(len(arrays))]
+        kinds = ", ".join(
+            f"{labels[i]}: {type(a).__module__}.{type(a).__name__}" for i, a in present
+        )
+        raise TypeError(
+            "all arrays must come from the same array library (got " + kinds + "); "
+            "convert them to one framework first"
+        ) from None
+
+
+def device_of(x):
+    """Device of array ``x`` (``array_api_compat.device``)."""
+    return array_api_compat.device(x)
+
+
+def is_floating(xp, x) -> bool:
+    """True when ``x`` has a real floating dtype."""
+    return xp.isdtype(x.dtype, "real floating")
+
+
+def logsumexp(xp, x, axis: int):
+    """``log(sum(exp(x), axis))`` with a max shift; a slice of only ``-inf`` gives ``-inf``.
+
+    Args:
+        xp: array namespace.
+        x: array of any shape.
+        axis: the axis reduced.
+
+    Returns:
+        ``x`` with ``axis`` removed.
+
+    Example:
+        >>> import numpy as np
+        >>> float(logsumexp(np, np.log(np.array([1.0, 3.0])), axis=0))  # log 4
+        1.3862943611198906
+    """
+    m = xp.max(x, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    s = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
+    return xp.squeeze(xp.log(s) + m, axis=axis)
+
+
+def where_positive(xp, w, value, fill):
+    """``value`` where ``w > 0`` and ``fill`` elsewhere, with gradients safe at ``w == 0``.
+
+    ``value`` must already be computed from a *safe* input (see :func:`safe_log`), so that
+    no ``inf``/``nan`` is produced in the branch that is discarded.
+    """
+    return xp.where(w > 0, value, fill)
+
+
+def safe_log(xp, w):
+    """``log(w)`` where ``w > 0`` and ``-inf`` where ``w == 0``, with finite gradients.
+
+    The double-``where`` keeps reverse-mode derivatives finite at zero weights.
+    """
+    pos = w > 0
+    w_safe = xp.where(pos, w, xp.ones_like(w))
+    return xp.where(pos, xp.log(w_safe), xp.full_like(w, -float("inf")))

@@ -1,0 +1,132 @@
+"""Convenience entry points: :func:`solve` and :func:`reg_ot_cost`."""
+
+from __future__ import annotations
+
+import warnings
+
+from .errors import ConvergenceWarning, NonFiniteIterationError
+from .geometry import Geometry, PointCloud
+from .output import SinkhornOutput
+from .problem import LinearProblem
+from .sinkhorn import Sinkhorn
+
+__all__ = ["reg_ot_cost", "solve"]
+
+_GEOM_KEYS = ("epsilon", "relative_epsilon", "scale_cost")
+
+
+def solve(
+    geom,
+    a=None,
+    b=None,
+    *,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    epsilon=None,
+    relative_epsilon=None,
+    scale_cost=1.0,
+    init=None,
+    **sinkhorn_kwargs,
+) -> SinkhornOutput:
+    """Solve entropic OT between ``a`` and ``b`` on a geometry or a cost matrix.
+
+    Args:
+        geom: a :class:`~otcore.Geometry` / :class:`~otcore.PointCloud`, or a cost matrix
+            ``(..., n, m)`` (then ``epsilon``, ``relative_epsilon``, ``scale_cost`` build
+            the geometry; with a geometry they must be left unset).
+        a, b: weights ``(..., n)`` and ``(..., m)``; ``None`` for uniform.
+        tau_a, tau_b: marginal relaxation in ``(0, 1]`` (1 = balanced).
+        init: optional warm start ``(f, g)``.
+        **sinkhorn_kwargs: options of :class:`~otcore.Sinkhorn`.
+
+    Returns:
+        :class:`~otcore.SinkhornOutput`.
+
+    Example:
+        >>> import numpy as np, otcore as ot
+        >>> C = np.array([[0.0, 1.0], [1.0, 0.0]])
+        >>> out = ot.solve(C, epsilon=0.1, threshold=1e-9)
+        >>> out.matrix.round(4)
+        array([[0.5, 0. ],
+               [0. , 0.5]])
+    """
+    if not isinstance(geom, Geometry):
+        geom = Geometry(
+            geom, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost
+        )
+    elif epsilon is not None or relative_epsilon is not None or scale_cost != 1.0:
+        raise ValueError(
+            "epsilon, relative_epsilon and scale_cost belong to the geometry: set them when "
+            "building it, not in solve()"
+        )
+    prob = LinearProblem(geom, a, b, tau_a=tau_a, tau_b=tau_b)
+    return Sinkhorn(**sinkhorn_kwargs)(prob, init=init)
+
+
+def reg_ot_cost(
+    x,
+    y=None,
+    a=None,
+    b=None,
+    *,
+    cost="sqeuclidean",
+    epsilon=None,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon=None,
+    scale_cost=1.0,
+    batch_size=None,
+    **sinkhorn_kwargs,
+):
+    """Entropic OT cost between point clouds ``x (..., n, d)`` and ``y (..., m, d)``.
+
+    Returns ``SinkhornOutput.reg_ot_cost``: an array of shape ``(...)`` (a scalar for one
+    problem) of the inputs' type, dtype and device. Differentiable with the user's own
+    framework (``jax.grad``, ``torch.autograd``); ``jax.jit`` and ``jax.vmap`` work.
+
+    On eager backends a solve whose iterates became non-finite raises
+    :class:`~otcore.NonFiniteIterationError`, and one that hit ``max_iterations`` warns
+    with :class:`~otcore.ConvergenceWarning`. (Under ``jax.jit`` nothing can be raised:
+    use :class:`~otcore.Sinkhorn` to read ``converged``/``diverged``.)
+
+    Example:
+        >>> import numpy as np, otcore as ot
+        >>> x = np.random.default_rng(0).normal(size=(16, 2))
+        >>> float(ot.reg_ot_cost(x, x + 1.0, epsilon=1e-2, threshold=1e-6)) > 1.9
+        True
+    """
+    geom = PointCloud(
+        x,
+        y,
+        cost=cost,
+        epsilon=epsilon,
+        relative_epsilon=relative_epsilon,
+        scale_cost=scale_cost,
+        batch_size=batch_size,
+    )
+    out = Sinkhorn(**sinkhorn_kwargs)(LinearProblem(geom, a, b, tau_a=tau_a, tau_b=tau_b))
+    report(out)
+    return out.reg_ot_cost
+
+
+def report(out: SinkhornOutput) -> None:
+    """Raise on non-finite iterates and warn on non-convergence (eager backends only)."""
+    ad = out.geom.adapter
+    if not ad.is_concrete(out.diverged):
+        return
+    if bool(out.diverged):
+        raise NonFiniteIterationError(
+            "the Sinkhorn iterates became NaN or infinite"
+            + (
+                ""
+                if out.solver.lse_mode
+                else " (kernel mode underflows at small epsilon: use lse_mode=True)"
+            )
+        )
+    if not bool(out.xp.all(out.converged)):
+        warnings.warn(
+            f"Sinkhorn did not converge to threshold={out.solver.threshold} within "
+            f"max_iterations={out.solver.max_iterations}",
+            ConvergenceWarning,
+            stacklevel=3,
+        )

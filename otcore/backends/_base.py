@@ -1,0 +1,58 @@
+"""The adapter interface, with the portable (eager, Python-loop) implementation.
+
+An adapter supplies what the array API standard lacks and nothing algorithmic:
+loops, stop-gradient, a test for concrete (non-traced) values, and optionally a native
+fused ``logsumexp``. NumPy and array_api_strict use this class as is.
+"""
+
+from __future__ import annotations
+
+from .. import _xp
+
+
+class Adapter:
+    """Eager adapter: Python loops; the convergence test is the only host sync.
+
+    Attributes:
+        name: short backend name (``"numpy"``, ``"jax"``, ``"torch"``, ``"cupy"``, ...).
+    """
+
+    name = "numpy"
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    # -- loops -----------------------------------------------------------------
+    def while_loop(self, cond, body, state):
+        """Run ``state = body(state)`` while ``cond(state)`` (a 0-d boolean array) holds.
+
+        ``cond`` is evaluated on the host once per call of ``body``: that is the only
+        device synchronisation of a solve.
+        """
+        while bool(cond(state)):
+            state = body(state)
+        return state
+
+    def fori_loop(self, n: int, body, state):
+        """``state = body(i, state)`` for ``i`` in ``range(n)`` (no host sync)."""
+        for i in range(n):
+            state = body(i, state)
+        return state
+
+    # -- differentiation helpers -------------------------------------------------
+    def stop_gradient(self, x):
+        """``x`` as a constant for the autodiff framework (identity without one)."""
+        return x
+
+    def is_concrete(self, x) -> bool:
+        """True when ``x`` holds values that may be inspected (not a tracer)."""
+        return True
+
+    def is_differentiating(self, *arrays) -> bool:
+        """True when any of ``arrays`` takes part in an autodiff trace or graph."""
+        return False
+
+    # -- numerics -------------------------------------------------------------
+    def logsumexp(self, x, axis: int):
+        """``log(sum(exp(x), axis))``, ``-inf``-safe (see :func:`otcore._xp.logsumexp`)."""
+        return _xp.logsumexp(self.xp, x, axis)

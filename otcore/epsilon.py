@@ -1,0 +1,76 @@
+"""The entropic regularisation ε: its default, relative forms and annealing schedule.
+
+Units: ε has the units of the cost ``C`` (after ``scale_cost``); the plan is
+``P_ij = exp((f_i + g_j - C_ij) / ε)`` and the potentials ``f, g`` are in cost units.
+
+* ``epsilon=None, relative_epsilon=None``: ``ε = 0.05 * std(C)``, computed without gradient.
+* ``epsilon=e`` (a float or a 0-d array): ``ε = e``; an array stays differentiable.
+* ``relative_epsilon="std"`` or ``"mean"``: ``ε = (e or 0.05) * std(C)`` (or ``mean(C)``),
+  the statistic computed without gradient.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+__all__ = ["DEFAULT_EPSILON_SCALE", "EpsilonSchedule", "validate_epsilon_args"]
+
+DEFAULT_EPSILON_SCALE = 0.05
+
+
+class EpsilonSchedule:
+    """Geometric ε annealing: ``ε_t = ε * max(init * decay**t, 1)`` at iteration ``t``.
+
+    ``init`` multiplies the target ε at ``t = 0`` and the schedule decays to the target,
+    never below it. Only the Sinkhorn updates use ``ε_t``; the plan, the costs and the
+    convergence test use the target ε.
+
+    Args:
+        init: starting multiplier of the target (``>= 1``).
+        decay: factor per iteration, in ``(0, 1]``.
+
+    Example:
+        >>> s = EpsilonSchedule(init=10.0, decay=0.5)
+        >>> [s.factor(t) for t in range(5)]
+        [10.0, 5.0, 2.5, 1.25, 1.0]
+    """
+
+    def __init__(self, init: float = 10.0, decay: float = 0.9):
+        if not init >= 1.0:
+            raise ValueError(f"epsilon_schedule init must be >= 1 (a multiple of ε), got {init!r}")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"epsilon_schedule decay must be in (0, 1], got {decay!r}")
+        self.init = float(init)
+        self.decay = float(decay)
+
+    def factor(self, t):
+        """Multiplier of the target ε at iteration ``t`` (a Python int or 0-d array)."""
+        value = self.init * self.decay**t
+        if isinstance(value, numbers.Real):
+            return max(value, 1.0)
+        # array t: keep it an array expression (no host sync)
+        return (value + 1.0 + abs(value - 1.0)) / 2.0
+
+    def __repr__(self):
+        return f"EpsilonSchedule(init={self.init}, decay={self.decay})"
+
+
+def validate_epsilon_args(epsilon, relative_epsilon):
+    """Check ``epsilon``/``relative_epsilon`` types; return them normalised."""
+    if relative_epsilon is not None and relative_epsilon not in ("mean", "std"):
+        raise ValueError(
+            f"relative_epsilon must be None, 'mean' or 'std', got {relative_epsilon!r}"
+        )
+    if epsilon is None:
+        return None, relative_epsilon
+    if isinstance(epsilon, bool):
+        raise TypeError("epsilon must be a positive float or a 0-d array, got a bool")
+    if isinstance(epsilon, numbers.Real):
+        if not float(epsilon) > 0.0 or float(epsilon) == float("inf"):
+            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+        return float(epsilon), relative_epsilon
+    if not hasattr(epsilon, "shape"):
+        raise TypeError(
+            f"epsilon must be a positive float or an array, got {type(epsilon).__name__}"
+        )
+    return epsilon, relative_epsilon

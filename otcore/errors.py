@@ -1,0 +1,17 @@
+"""Warnings and errors raised by otcore's convenience functions."""
+
+from __future__ import annotations
+
+__all__ = ["ConvergenceWarning", "NonFiniteIterationError"]
+
+
+class ConvergenceWarning(UserWarning):
+    """A solve stopped at ``max_iterations`` before its error fell below ``threshold``."""
+
+
+class NonFiniteIterationError(FloatingPointError):
+    """The iterates became NaN or infinite (e.g. kernel-mode underflow at small ε).
+
+    Raised by the scalar convenience functions on eager backends; under ``jax.jit`` the
+    value is NaN and :attr:`SinkhornOutput.diverged` is True.
+    """

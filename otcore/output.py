@@ -1,0 +1,191 @@
+"""The result of a Sinkhorn solve: potentials, plan operations and cost values."""
+
+from __future__ import annotations
+
+from . import _xp
+from .geometry import _expand
+
+__all__ = ["SinkhornOutput"]
+
+
+class SinkhornOutput:
+    """Potentials of a solve and everything derived from them.
+
+    Shapes: ``f (..., n)``, ``g (..., m)`` with the problem's batch axes ``...``; the plan is
+    ``P_ij = exp((f_i + g_j - C_ij) / ε)`` (rows: first measure ``a``; columns: ``b``).
+    Potentials are ``-inf`` where the weight is 0. Costs are computed from the problem's
+    own (differentiable) geometry and weights with the potentials held constant, so their
+    gradients are the envelope (Danskin) gradients.
+
+    Attributes:
+        f, g: dual potentials, in cost units.
+        errors: marginal error after each block of ``inner_iterations`` steps,
+            ``(..., n_blocks)``, ``-1`` for blocks not run.
+        n_iters: number of iterations run (a multiple of ``inner_iterations``).
+        converged: boolean array ``(...)``: the final error is below ``threshold``.
+        diverged: boolean scalar: the iterates became non-finite and the loop stopped.
+    """
+
+    def __init__(self, f, g, prob, errors, n_iters, converged, diverged, solver):
+        self.f, self.g = f, g
+        self.prob = prob
+        self.errors = errors
+        self.n_iters = n_iters
+        self.converged = converged
+        self.diverged = diverged
+        self.solver = solver
+        self._cache = {}
+
+    # -- basic -----------------------------------------------------------------------
+    @property
+    def potentials(self):
+        """``(f, g)``."""
+        return self.f, self.g
+
+    @property
+    def geom(self):
+        return self.prob.geom
+
+    @property
+    def a(self):
+        return self.prob.a
+
+    @property
+    def b(self):
+        return self.prob.b
+
+    @property
+    def epsilon(self):
+        """The target ε of the solve (float or array)."""
+        return self.prob.geom.epsilon
+
+    @property
+    def xp(self):
+        return self.prob.geom.xp
+
+    def _get(self, key, compute):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    @property
+    def _ops(self):
+        return self._get("ops", lambda: self.geom.operators(self.epsilon))
+
+    @property
+    def _scaled(self):
+        e1 = _expand(self.epsilon, 1)
+        return self._get("scaled", lambda: (self.f / e1, self.g / e1))
+
+    # -- plan --------------------------------------------------------------------------
+    @property
+    def matrix(self):
+        """The plan ``P (..., n, m)`` (materialised, also in online mode)."""
+        return self._get("matrix", lambda: self._ops.plan(*self._scaled))
+
+    def apply(self, vec, axis: int = 0):
+        """``Pᵀ vec`` for ``axis=0`` (vec ``(..., n)`` → ``(..., m)``) or ``P vec`` for
+        ``axis=1`` (vec ``(..., m)`` → ``(..., n)``), without forming ``P`` in online mode.
+
+        Example:
+            >>> import numpy as np, otcore as ot
+            >>> x = np.random.default_rng(0).normal(size=(5, 2))
+            >>> out = ot.solve(ot.PointCloud(x, x[:3]), threshold=1e-8)
+            >>> out.apply(np.ones(5), axis=0).round(4)  # column marginal = b
+            array([0.3333, 0.3333, 0.3333])
+        """
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 (apply Pᵀ to vectors of length n) or 1, got {axis!r}")
+        n, m = self.geom.shape
+        size = n if axis == 0 else m
+        if not hasattr(vec, "shape") or vec.ndim < 1 or vec.shape[-1] != size:
+            raise ValueError(
+                f"vec must have length {size} on its last axis for axis={axis}, "
+                f"got {getattr(vec, 'shape', type(vec).__name__)}"
+            )
+        return self._ops.plan_apply(*self._scaled, vec, axis)
+
+    def marginal(self, axis: int):
+        """``Pᵀ1`` (``axis=0``, length m) or ``P1`` (``axis=1``, length n)."""
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+
+        def compute():
+            xp = self.xp
+            fe, ge = self._scaled
+            if axis == 0:
+                return xp.exp(ge + self._ops.lse(fe, axis=0))
+            return xp.exp(fe + self._ops.lse(ge, axis=1))
+
+        return self._get(("marginal", axis), compute)
+
+    @property
+    def transport_mass(self):
+        """``sum_ij P_ij``."""
+        return self.xp.sum(self.marginal(1), axis=-1)
+
+    # -- costs -------------------------------------------------------------------------
+    def _weighted(self, w, h):
+        """``sum_i w_i h_i`` over ``w > 0`` (finite gradients where ``w == 0``)."""
+        xp = self.xp
+        pos = w > 0
+        h_safe = xp.where(pos, h, xp.zeros_like(h))
+        return xp.sum(xp.where(pos, w * h_safe, xp.zeros_like(h_safe)), axis=-1)
+
+    def _side_term(self, w, h, tau):
+        """Balanced: ``<w, h - ε log w>``; unbalanced: ``-<w, ρ(exp(-(h - ε log w)/ρ) - 1)>``."""
+        xp = self.xp
+        e1 = _expand(self.epsilon, 1)
+        pos = w > 0
+        w_safe = xp.where(pos, w, xp.ones_like(w))
+        h_safe = xp.where(pos, h, xp.zeros_like(h))
+        h_tilde = h_safe - e1 * xp.log(w_safe)
+        if tau == 1.0:
+            return self._weighted(w, h_tilde)
+        rho = _expand(self.prob.rho(tau), 1)
+        return -self._weighted(w, rho * (xp.exp(-h_tilde / rho) - 1.0))
+
+    @property
+    def reg_ot_cost(self):
+        """Optimal value of the entropic problem (see :class:`~otcore.LinearProblem`).
+
+        ``-<a, φ(f̃, ρ_a)> - <b, φ(g̃, ρ_b)> + ε(Σa Σb - ΣP)`` with ``f̃ = f - ε log a``
+        and ``φ(h, ρ) = ρ(exp(-h/ρ) - 1)`` (``<a, f̃>`` on a balanced side).
+        """
+
+        def compute():
+            xp = self.xp
+            mass = xp.sum(self.a, axis=-1) * xp.sum(self.b, axis=-1)
+            return (
+                self._side_term(self.a, self.f, self.prob.tau_a)
+                + self._side_term(self.b, self.g, self.prob.tau_b)
+                + self.epsilon * (mass - self.transport_mass)
+            )
+
+        return self._get("reg_ot_cost", compute)
+
+    kl_reg_cost = reg_ot_cost
+
+    @property
+    def dual_cost(self):
+        """``<a, f> + <b, g>`` (over positive weights)."""
+        return self._weighted(self.a, self.f) + self._weighted(self.b, self.g)
+
+    @property
+    def primal_cost(self):
+        """Transport cost of the plan, ``<P, C>`` (blockwise in online mode)."""
+        return self._get("primal", lambda: self._ops.plan_dot_cost(*self._scaled))
+
+    @property
+    def ent_reg_cost(self):
+        """``reg_ot_cost - ε (H(a) + H(b))`` with ``H(w) = -Σ w log w``; for a balanced
+        problem this is ``<P, C> - ε H(P)``."""
+        xp = self.xp
+
+        def entropy(w):
+            return -self._weighted(w, _xp.safe_log(xp, w))
+
+        return self.reg_ot_cost - self.epsilon * (entropy(self.a) + entropy(self.b))
+
+    def __repr__(self):
+        return f"SinkhornOutput(shape={self.geom.shape}, batch_shape={self.prob.batch_shape})"

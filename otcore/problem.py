@@ -1,0 +1,97 @@
+"""The linear (Kantorovich) entropic OT problem: a geometry and two weight vectors."""
+
+from __future__ import annotations
+
+import math
+
+from . import _checks, _xp
+from .geometry import Geometry, _broadcast_shapes
+
+__all__ = ["LinearProblem"]
+
+
+class LinearProblem:
+    """``min_P <P, C> + ε KL(P || a⊗b) + ρ_a KL(P1 || a) + ρ_b KL(Pᵀ1 || b)``.
+
+    The marginal penalties are off (balanced problem) when ``tau = 1``; otherwise
+    ``ρ = ε τ / (1 - τ)``, i.e. ``τ = ρ / (ρ + ε)``.
+
+    Args:
+        geom: a :class:`~otcore.Geometry` or :class:`~otcore.PointCloud` with cost
+            ``(..., n, m)``.
+        a: weights of the rows, ``(..., n)``, non-negative; ``None`` for uniform ``1/n``.
+            Leading axes batch many problems over one geometry.
+        b: weights of the columns, ``(..., m)``; ``None`` for uniform ``1/m``.
+        tau_a, tau_b: in ``(0, 1]``; ``1`` constrains that marginal exactly.
+
+    Example:
+        >>> import numpy as np
+        >>> from otcore import PointCloud
+        >>> x = np.zeros((3, 2)); y = np.ones((4, 2))
+        >>> prob = LinearProblem(PointCloud(x, y, epsilon=1.0), tau_b=0.9)
+        >>> prob.a.shape, prob.b.shape, prob.is_balanced
+        ((3,), (4,), False)
+    """
+
+    def __init__(self, geom: Geometry, a=None, b=None, tau_a: float = 1.0, tau_b: float = 1.0):
+        if not isinstance(geom, Geometry):
+            raise TypeError(f"geom must be a Geometry or PointCloud, got {type(geom).__name__}")
+        self.geom = geom
+        ref = geom._arrays()[0]
+        names = ["geometry arrays", "a", "b"]
+        _xp.namespace(ref, a, b, names=names)
+        _checks.check_same_device(names, [ref, a, b])
+        xp, ad = geom.xp, geom.adapter
+        n, m = geom.shape
+        for name, w, size in (("a", a, n), ("b", b, m)):
+            if w is None:
+                continue
+            _checks.check_float_array(xp, name, w, min_ndim=1)
+            if w.shape[-1] != size:
+                side = "rows (n)" if name == "a" else "columns (m)"
+                raise ValueError(
+                    f"{name} must have length {size} = number of {side} of the geometry "
+                    f"{geom.shape} on its last axis, got shape {w.shape}"
+                )
+            _checks.check_weights(ad, name, w)
+        _checks.check_same_dtype(names, [ref, a, b])
+        self.a = _uniform(xp, n, ref) if a is None else a
+        self.b = _uniform(xp, m, ref) if b is None else b
+        self._a_given, self._b_given = a is not None, b is not None
+        try:
+            self.batch_shape = _broadcast_shapes(
+                self.a.shape[:-1], self.b.shape[:-1], geom.batch_shape
+            )
+        except ValueError:
+            raise ValueError(
+                f"batch axes do not broadcast: a {self.a.shape[:-1]}, b {self.b.shape[:-1]}, "
+                f"geometry {geom.batch_shape}"
+            ) from None
+        self.tau_a = _checks.check_tau("tau_a", tau_a)
+        self.tau_b = _checks.check_tau("tau_b", tau_b)
+
+    @property
+    def is_balanced(self) -> bool:
+        """True when both marginals are constrained (``tau_a == tau_b == 1``)."""
+        return self.tau_a == 1.0 and self.tau_b == 1.0
+
+    @property
+    def epsilon(self):
+        return self.geom.epsilon
+
+    def rho(self, tau: float, eps=None):
+        """``ρ = ε τ / (1 - τ)`` (``inf`` when ``tau == 1``)."""
+        if tau == 1.0:
+            return math.inf
+        eps = self.geom.epsilon if eps is None else eps
+        return eps * (tau / (1.0 - tau))
+
+    def __repr__(self):
+        return (
+            f"LinearProblem(shape={self.geom.shape}, batch_shape={self.batch_shape}, "
+            f"tau_a={self.tau_a}, tau_b={self.tau_b})"
+        )
+
+
+def _uniform(xp, size, like):
+    return xp.ones((size,), dtype=like.dtype, device=_xp.device_of(like)) / size

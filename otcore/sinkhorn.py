@@ -1,0 +1,324 @@
+"""The Sinkhorn solver, written once against the array API.
+
+Updates (``ε_t`` = scheduled ε at iteration ``t``, ``τ = ρ / (ρ + ε)``; g first, then f)::
+
+    g_j <- ε_t log b_j - τ_b ε_t LSE_i((f_i - C_ij) / ε_t)
+    f_i <- ε_t log a_i - τ_a ε_t LSE_j((g_j - C_ij) / ε_t)
+
+These are the exact block-coordinate ascent steps of the dual of
+``<P,C> + ε KL(P||a⊗b) + ρ_a KL(P1||a) + ρ_b KL(Pᵀ1||b)``; with ``τ = 1`` they are the
+balanced Sinkhorn steps. Kernel mode runs the same updates on ``u = exp(f/ε)``,
+``v = exp(g/ε)``: ``v <- b / (Kᵀu)^τ_b``, ``u <- a / (Kv)^τ_a``.
+
+Every ``inner_iterations`` steps the marginal error is computed (the only host sync on
+eager backends); the loop stops when it is below ``threshold`` for every problem of the
+batch, at ``max_iterations``, or when it is not finite (reported as ``diverged``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from . import _checks, _xp
+from .epsilon import EpsilonSchedule
+from .geometry import _expand
+from .output import SinkhornOutput
+from .problem import LinearProblem
+
+__all__ = ["Sinkhorn"]
+
+
+class Sinkhorn:
+    """Entropic OT solver (Sinkhorn's algorithm), log-domain or kernel mode.
+
+    Args:
+        lse_mode: log-domain updates on potentials (stable for any ε) if True; scaling
+            (kernel) updates on ``exp(f/ε)``, ``exp(g/ε)`` if False (faster per iteration,
+            but underflows for small ε, which is reported as ``diverged``).
+        threshold: stop when the marginal error is below this.
+        norm_error: ``p`` of the ℓp norm of the marginal error.
+        inner_iterations: the error is computed every this many iterations.
+        min_iterations: do not stop before this many iterations.
+        max_iterations: stop after at most this many iterations (rounded up to a multiple
+            of ``inner_iterations``); ``converged`` is then False.
+        momentum: ``None`` or an over-relaxation weight ``w`` in ``(0, 2)``:
+            ``f <- (1 - w) f_old + w f_new`` (geometric in kernel mode).
+        parallel_dual_updates: update f and g from the previous iterate (Jacobi) instead
+            of g then f (Gauss-Seidel).
+        epsilon_schedule: ``None`` or :class:`~otcore.EpsilonSchedule` (or a tuple
+            ``(init, decay)``) annealing ε towards its target (log-domain only).
+        initializer: ``"default"`` (zero potentials, ``-inf`` at zero weights) or a
+            callable ``problem -> (f, g)``.
+        use_danskin: differentiate the costs with the potentials held constant (the
+            envelope theorem; exact at convergence). The solve itself runs on constants.
+
+    Example:
+        >>> import numpy as np, otcore as ot
+        >>> x = np.random.default_rng(0).normal(size=(8, 2))
+        >>> out = ot.Sinkhorn(threshold=1e-6)(ot.LinearProblem(ot.PointCloud(x, x + 1.0)))
+        >>> bool(out.converged), out.f.shape
+        (True, (8,))
+    """
+
+    def __init__(
+        self,
+        lse_mode: bool = True,
+        threshold: float = 1e-3,
+        norm_error: float = 1,
+        inner_iterations: int = 10,
+        min_iterations: int = 0,
+        max_iterations: int = 2000,
+        momentum: float | None = None,
+        parallel_dual_updates: bool = False,
+        epsilon_schedule=None,
+        initializer="default",
+        use_danskin: bool = True,
+    ):
+        self.lse_mode = bool(lse_mode)
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
+            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+        self.threshold = float(threshold)
+        if (
+            isinstance(norm_error, bool)
+            or not isinstance(norm_error, numbers.Real)
+            or norm_error < 1
+        ):
+            raise ValueError(f"norm_error must be a number >= 1, got {norm_error!r}")
+        self.norm_error = float(norm_error)
+        self.inner_iterations = _checks.check_positive_int("inner_iterations", inner_iterations)
+        self.min_iterations = _checks.check_positive_int("min_iterations", min_iterations, 0)
+        self.max_iterations = _checks.check_positive_int("max_iterations", max_iterations)
+        if self.min_iterations > self.max_iterations:
+            raise ValueError(
+                f"min_iterations ({min_iterations}) must not exceed max_iterations ({max_iterations})"
+            )
+        if momentum is not None and not (
+            isinstance(momentum, numbers.Real)
+            and not isinstance(momentum, bool)
+            and 0 < momentum < 2
+        ):
+            raise ValueError(f"momentum must be None or a number in (0, 2), got {momentum!r}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.parallel_dual_updates = bool(parallel_dual_updates)
+        if isinstance(epsilon_schedule, tuple):
+            epsilon_schedule = EpsilonSchedule(*epsilon_schedule)
+        if epsilon_schedule is not None and not isinstance(epsilon_schedule, EpsilonSchedule):
+            raise TypeError(
+                "epsilon_schedule must be None, an EpsilonSchedule or a tuple (init, decay), "
+                f"got {type(epsilon_schedule).__name__}"
+            )
+        if epsilon_schedule is not None and not self.lse_mode:
+            raise ValueError("epsilon_schedule requires lse_mode=True")
+        self.epsilon_schedule = epsilon_schedule
+        if not (initializer == "default" or callable(initializer)):
+            raise ValueError(f"initializer must be 'default' or a callable, got {initializer!r}")
+        self.initializer = initializer
+        self.use_danskin = bool(use_danskin)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of error checks at most: ``ceil(max_iterations / inner_iterations)``."""
+        return math.ceil(self.max_iterations / self.inner_iterations)
+
+    def __call__(self, prob: LinearProblem, init=None) -> SinkhornOutput:
+        """Solve ``prob``; ``init`` is an optional warm start ``(f, g)`` of potentials."""
+        if not isinstance(prob, LinearProblem):
+            raise TypeError(f"expected a LinearProblem, got {type(prob).__name__}")
+        sg = prob.geom.adapter.stop_gradient
+        geom = prob.geom._stop_gradient_copy()
+        a, b = sg(prob.a), sg(prob.b)
+        eps = geom.epsilon
+        f0, g0 = self._initial_potentials(prob, init)
+        f0, g0 = sg(f0), sg(g0)
+        state = _Iteration(self, prob, geom, a, b, eps).run(f0, g0)
+        return SinkhornOutput(
+            f=state["f"],
+            g=state["g"],
+            prob=prob,
+            errors=state["errors"],
+            n_iters=state["k"] * self.inner_iterations,
+            converged=(state["err"] <= self.threshold) & ~state["diverged"],
+            diverged=state["diverged"],
+            solver=self,
+        )
+
+    def _initial_potentials(self, prob, init):
+        xp = prob.geom.xp
+        n, m = prob.geom.shape
+        batch = prob.batch_shape
+        if init is not None:
+            f, g = init
+            for name, v, size in (("init[0] (f)", f, n), ("init[1] (g)", g, m)):
+                _checks.check_float_array(xp, name, v)
+                if v.shape[-1] != size:
+                    raise ValueError(
+                        f"{name} must have length {size} on its last axis, got {v.shape}"
+                    )
+        elif self.initializer == "default":
+            f = xp.zeros(batch + (n,), dtype=prob.a.dtype, device=_xp.device_of(prob.a))
+            g = xp.zeros(batch + (m,), dtype=prob.b.dtype, device=_xp.device_of(prob.b))
+        else:
+            f, g = self.initializer(prob)
+        ninf = -math.inf
+        f = xp.where(prob.a > 0, xp.broadcast_to(f, batch + (n,)), ninf)
+        g = xp.where(prob.b > 0, xp.broadcast_to(g, batch + (m,)), ninf)
+        f = xp.broadcast_to(f, batch + (n,))
+        g = xp.broadcast_to(g, batch + (m,))
+        return f, g
+
+    def __repr__(self):
+        return (
+            f"Sinkhorn(lse_mode={self.lse_mode}, threshold={self.threshold}, "
+            f"max_iterations={self.max_iterations}, inner_iterations={self.inner_iterations})"
+        )
+
+
+class _Iteration:
+    """One solve's loop: state, update step and error, on constant inputs."""
+
+    def __init__(self, solver: Sinkhorn, prob: LinearProblem, geom, a, b, eps):
+        self.s = solver
+        self.prob = prob
+        self.xp = geom.xp
+        self.ad = geom.adapter
+        self.a, self.b = a, b
+        self.eps = eps
+        self.e1 = _expand(eps, 1)
+        self.ops = geom.operators(eps)
+        self.log_a = _xp.safe_log(self.xp, a)
+        self.log_b = _xp.safe_log(self.xp, b)
+        self.tau_a, self.tau_b = prob.tau_a, prob.tau_b
+        self.rho_a = prob.rho(prob.tau_a, eps)
+        self.rho_b = prob.rho(prob.tau_b, eps)
+        self.check_both = (not prob.is_balanced) or solver.parallel_dual_updates
+
+    # -- loop ----------------------------------------------------------------------
+    def run(self, f0, g0):
+        xp, s = self.xp, self.s
+        batch = f0.shape[:-1]
+        dev = _xp.device_of(f0)
+        if s.lse_mode:
+            x0, y0 = f0, g0
+        else:
+            x0, y0 = xp.exp(f0 / self.e1), xp.exp(g0 / self.e1)
+        state = {
+            "x": x0,
+            "y": y0,
+            "k": xp.asarray(0, device=dev),
+            "err": xp.full(batch, math.inf, dtype=f0.dtype, device=dev),
+            "diverged": xp.asarray(False, device=dev),
+            "errors": xp.full(batch + (s.n_blocks,), -1.0, dtype=f0.dtype, device=dev),
+        }
+        block_ids = xp.arange(s.n_blocks, device=dev)
+        inner = s.inner_iterations
+        n_blocks = s.n_blocks
+        threshold = s.threshold
+        min_blocks = math.ceil(s.min_iterations / inner)
+        step = self._lse_step if s.lse_mode else self._kernel_step
+
+        def cond(st):
+            more = xp.any(st["err"] > threshold) | (st["k"] < min_blocks)
+            return (st["k"] < n_blocks) & more & ~st["diverged"]
+
+        def body(st):
+            k = st["k"]
+            x, y = self.ad.fori_loop(
+                inner, lambda i, xy: step(k * inner + i, *xy), (st["x"], st["y"])
+            )
+            err = self._error(x, y)
+            return {
+                "x": x,
+                "y": y,
+                "k": k + 1,
+                "err": err,
+                "diverged": ~xp.all(xp.isfinite(err)),
+                "errors": xp.where(block_ids == k, err[..., None], st["errors"]),
+            }
+
+        state = self.ad.while_loop(cond, body, state)
+        if s.lse_mode:
+            state["f"], state["g"] = state["x"], state["y"]
+        else:
+            state["f"] = self.e1 * _xp.safe_log(xp, state["x"])
+            state["g"] = self.e1 * _xp.safe_log(xp, state["y"])
+        return state
+
+    # -- updates -------------------------------------------------------------------
+    def _relax(self, old, new):
+        w = self.s.momentum
+        if w is None:
+            return new
+        xp = self.xp
+        if self.s.lse_mode:
+            old_safe = xp.where(xp.isfinite(old), old, new)
+            return xp.where(xp.isfinite(new), (1.0 - w) * old_safe + w * new, new)
+        pos = (old > 0) & (new > 0)
+        one = xp.ones_like(new)
+        mixed = xp.where(pos, old, one) ** (1.0 - w) * xp.where(pos, new, one) ** w
+        return xp.where(pos, mixed, new)
+
+    def _lse_step(self, t, f, g):
+        if self.s.epsilon_schedule is None:
+            e1, ratio = self.e1, None
+        else:
+            factor = self.s.epsilon_schedule.factor(t)
+            e1, ratio = self.e1 * factor, 1.0 / factor
+        lse = self.ops.lse
+        g_new = e1 * (self.log_b - self.tau_b * lse(f / e1, axis=0, ratio=ratio))
+        g_next = self._relax(g, g_new)
+        g_use = g if self.s.parallel_dual_updates else g_next
+        f_new = e1 * (self.log_a - self.tau_a * lse(g_use / e1, axis=1, ratio=ratio))
+        return self._relax(f, f_new), g_next
+
+    def _kernel_step(self, t, u, v):
+        k = self.ops.kernel
+        v_new = self.b / _pow(k(u, axis=0), self.tau_b)
+        v_next = self._relax(v, v_new)
+        v_use = v if self.s.parallel_dual_updates else v_next
+        u_new = self.a / _pow(k(v_use, axis=1), self.tau_a)
+        return self._relax(u, u_new), v_next
+
+    # -- error ---------------------------------------------------------------------
+    def _marginals(self, x, y):
+        """``(P1, Pᵀ1, f, g)`` from the loop variables (target ε)."""
+        xp, ops = self.xp, self.ops
+        if self.s.lse_mode:
+            fe, ge = x / self.e1, y / self.e1
+            col = xp.exp(ge + ops.lse(fe, axis=0))
+            row = xp.exp(fe + ops.lse(ge, axis=1)) if self.check_both else None
+            return row, col, x, y
+        col = y * ops.kernel(x, axis=0)
+        row = x * ops.kernel(y, axis=1) if self.check_both else None
+        f = self.e1 * _xp.safe_log(xp, x) if self.check_both else None
+        g = self.e1 * _xp.safe_log(xp, y) if self.check_both else None
+        return row, col, f, g
+
+    def _norm(self, v):
+        p = self.s.norm_error
+        xp = self.xp
+        if p == 1.0:
+            return xp.sum(xp.abs(v), axis=-1)
+        return xp.sum(xp.abs(v) ** p, axis=-1) ** (1.0 / p)
+
+    def _error(self, x, y):
+        row, col, f, g = self._marginals(x, y)
+        if not self.check_both:
+            return self._norm(col - self.b)
+        target_a = marginal_target(self.xp, self.a, f, self.log_a, self.e1, self.rho_a)
+        target_b = marginal_target(self.xp, self.b, g, self.log_b, self.e1, self.rho_b)
+        return self._norm(row - target_a) + self._norm(col - target_b)
+
+
+def marginal_target(xp, w, h, log_w, e1, rho):
+    """``γ = w * exp(-(h - ε log w) / ρ)``: the fixed-point marginal (``w`` if balanced)."""
+    if isinstance(rho, float) and math.isinf(rho):
+        return w
+    pos = w > 0
+    h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * xp.where(pos, log_w, xp.zeros_like(log_w))
+    r1 = _expand(rho, 1)
+    return xp.where(pos, w * xp.exp(-h_tilde / r1), xp.zeros_like(h_tilde))
+
+
+def _pow(x, tau):
+    return x if tau == 1.0 else x**tau

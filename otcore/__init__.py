@@ -6,6 +6,7 @@ device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 
 from . import costs
 from .api import reg_ot_cost, solve
+from .autodiff import grad, value_and_grad, vjp
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
 from .geometry import Geometry, PointCloud
@@ -25,6 +26,9 @@ __all__ = [
     "Sinkhorn",
     "SinkhornOutput",
     "costs",
+    "grad",
     "reg_ot_cost",
     "solve",
+    "value_and_grad",
+    "vjp",
 ]

@@ -29,8 +29,26 @@ class CostFn:
     def __call__(self, x, y):
         return self.pairwise(x, y)
 
+    def vjp(self, x, y, g):
+        """Pull a cotangent ``g (..., n, m)`` of the cost matrix back to ``(dx, dy)``.
+
+        Used by the manual derivative rules of backends without autodiff (NumPy, CuPy);
+        shapes follow broadcasting of ``x``, ``y`` and ``g`` (callers sum batch axes).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no manual derivative rule: differentiate with "
+            "respect to points with JAX or PyTorch arrays, or use a built-in cost"
+        )
+
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def _weighted_differences(xp, x, y, w):
+    """``(dx, dy)`` with ``dx_i = sum_j w_ij (x_i - y_j)`` and ``dy_j = -sum_i w_ij (x_i - y_j)``."""
+    dx = x * xp.sum(w, axis=-1)[..., None] - w @ y
+    dy = y * xp.sum(w, axis=-2)[..., None] - xp.matrix_transpose(w) @ x
+    return dx, dy
 
 
 def _sq_dist(x, y):
@@ -56,6 +74,11 @@ class SqEuclidean(CostFn):
     def pairwise(self, x, y):
         return _sq_dist(x, y)[1]
 
+    def vjp(self, x, y, g):
+        xp = _xp.namespace(x, y, g)
+        dx, dy = _weighted_differences(xp, x, y, g)
+        return 2.0 * dx, 2.0 * dy
+
 
 class Euclidean(CostFn):
     """``c(x, y) = ||x - y||_2``, with a finite (zero) gradient where ``x == y``.
@@ -74,6 +97,13 @@ class Euclidean(CostFn):
         d2 = xp.sum(diff * diff, axis=-1)
         pos = d2 > 0
         return xp.where(pos, xp.sqrt(xp.where(pos, d2, xp.ones_like(d2))), xp.zeros_like(d2))
+
+    def vjp(self, x, y, g):
+        xp = _xp.namespace(x, y, g)
+        c = self.pairwise(x, y)
+        pos = c > 0
+        w = xp.where(pos, g / xp.where(pos, c, xp.ones_like(c)), xp.zeros_like(c))
+        return _weighted_differences(xp, x, y, w)
 
 
 class PNorm(CostFn):
@@ -98,11 +128,19 @@ class PNorm(CostFn):
     def pairwise(self, x, y):
         xp = _xp.namespace(x, y)
         diff = xp.abs(x[..., :, None, :] - y[..., None, :, :])
-        if self.p == 1.0:
-            return xp.sum(diff, axis=-1)
-        pos = diff > 0
+        pos = diff > 0  # masked so that every backend's derivative at a tie is 0
         powered = xp.where(pos, xp.where(pos, diff, xp.ones_like(diff)) ** self.p, 0.0 * diff)
         return xp.sum(powered, axis=-1)
+
+    def vjp(self, x, y, g):
+        xp = _xp.namespace(x, y, g)
+        diff = x[..., :, None, :] - y[..., None, :, :]
+        mag = xp.abs(diff)
+        pos = mag > 0
+        safe = xp.where(pos, mag, xp.ones_like(mag))
+        deriv = xp.where(pos, self.p * safe ** (self.p - 1.0) * xp.sign(diff), 0.0 * diff)
+        weighted = g[..., None] * deriv
+        return xp.sum(weighted, axis=-2), -xp.sum(weighted, axis=-3)
 
     def __repr__(self):
         return f"PNorm(p={self.p})"
@@ -130,6 +168,25 @@ class Cosine(CostFn):
         ny = xp.sqrt(xp.sum(y * y, axis=-1))
         xy = x @ xp.matrix_transpose(y)
         return 1.0 - xy / (nx[..., :, None] * ny[..., None, :] + self.ridge)
+
+    def vjp(self, x, y, g):
+        xp = _xp.namespace(x, y, g)
+        nx = xp.sqrt(xp.sum(x * x, axis=-1))
+        ny = xp.sqrt(xp.sum(y * y, axis=-1))
+        s = x @ xp.matrix_transpose(y)
+        d = nx[..., :, None] * ny[..., None, :] + self.ridge
+        gd = g / d
+        gsd2 = g * s / (d * d)
+        # d/dx_i of -s_ij/d_ij = -y_j/d_ij + s_ij ny_j x_i / (nx_i d_ij^2)
+        inv_nx = xp.where(nx > 0, 1.0 / xp.where(nx > 0, nx, xp.ones_like(nx)), 0.0 * nx)
+        inv_ny = xp.where(ny > 0, 1.0 / xp.where(ny > 0, ny, xp.ones_like(ny)), 0.0 * ny)
+        dx = -(gd @ y) + x * (inv_nx * xp.sum(gsd2 * ny[..., None, :], axis=-1))[..., None]
+        gsd2_t = xp.matrix_transpose(gsd2)
+        dy = (
+            -(xp.matrix_transpose(gd) @ x)
+            + y * (inv_ny * xp.sum(gsd2_t * nx[..., None, :], axis=-1))[..., None]
+        )
+        return dx, dy
 
 
 class UserCost(CostFn):

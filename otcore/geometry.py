@@ -177,13 +177,18 @@ class Geometry:
 
     @property
     def inv_scale_cost(self):
-        """``1 / scale``: the factor applied to the raw cost (float, or array for statistics)."""
+        """``1 / scale``: the factor applied to the raw cost (float, or array for statistics).
+
+        A statistic (``"mean"``, ``"max_cost"``, ``"median"``) is computed without
+        gradient, like the default ε: derivatives treat the scale as a constant on every
+        backend.
+        """
 
         def compute():
             if not isinstance(self.scale_cost, str):
                 return 1.0 / float(self.scale_cost)
             name = {"mean": "mean", "max_cost": "max", "median": "median"}[self.scale_cost]
-            stat = self._raw_statistic(name)
+            stat = self._adapter.stop_gradient(self._raw_statistic(name))
             if self._adapter.is_concrete(stat) and not bool(self.xp.all(stat > 0)):
                 raise ValueError(
                     f"scale_cost={self.scale_cost!r} is zero for this cost; pass a float"

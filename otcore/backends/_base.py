@@ -40,6 +40,12 @@ class Adapter:
         return state
 
     # -- differentiation helpers -------------------------------------------------
+    has_autodiff = False
+
+    def vjp(self, fun, args, kwargs):
+        """``(fun(*args, **kwargs), vjp_fn)`` with the framework's autodiff."""
+        raise NotImplementedError(f"{self.name} has no autodiff; otcore uses manual rules")
+
     def stop_gradient(self, x):
         """``x`` as a constant for the autodiff framework (identity without one)."""
         return x

@@ -22,6 +22,11 @@ class JaxAdapter(Adapter):
             return body(0, state)
         return lax.fori_loop(0, n, body, state)
 
+    has_autodiff = True
+
+    def vjp(self, fun, args, kwargs):
+        return jax.vjp(lambda *a: fun(*a, **kwargs), *args)
+
     def stop_gradient(self, x):
         return lax.stop_gradient(x)
 

@@ -12,6 +12,32 @@ class TorchAdapter(Adapter):
 
     name = "torch"
 
+    has_autodiff = True
+
+    def vjp(self, fun, args, kwargs):
+        leaves = [
+            a.detach().requires_grad_(True)
+            if isinstance(a, torch.Tensor) and a.is_floating_point()
+            else a
+            for a in args
+        ]
+        with torch.enable_grad():
+            out = fun(*leaves, **kwargs)
+        tracked = [
+            i for i, a in enumerate(leaves) if isinstance(a, torch.Tensor) and a.requires_grad
+        ]
+
+        def vjp_fn(cotangent):
+            grads = torch.autograd.grad(
+                out, [leaves[i] for i in tracked], cotangent, allow_unused=True
+            )
+            result = [None] * len(args)
+            for i, g in zip(tracked, grads):
+                result[i] = torch.zeros_like(leaves[i]) if g is None else g
+            return tuple(result)
+
+        return out.detach(), vjp_fn
+
     def stop_gradient(self, x):
         return x.detach()
 

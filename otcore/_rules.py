@@ -1,0 +1,32 @@
+"""Registry of manual derivative rules for backends without autodiff (NumPy, CuPy, ...).
+
+A rule for an entry point ``fun`` is ``rule(args, kwargs) -> (value, vjp_fn)`` where
+``vjp_fn(cotangent)`` returns one cotangent per positional argument (``None`` for
+arguments that are not arrays), like ``jax.vjp``.
+"""
+
+from __future__ import annotations
+
+RULES: dict = {}
+
+
+def register(fun):
+    """Decorator registering the manual VJP rule of entry point ``fun``."""
+
+    def wrap(rule):
+        RULES[fun] = rule
+        return rule
+
+    return wrap
+
+
+def unbroadcast(xp, g, shape):
+    """Sum ``g`` over the axes that broadcasting added to reach it from ``shape``."""
+    shape = tuple(shape)
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = xp.sum(g, axis=tuple(range(extra)))
+    axes = tuple(i for i, (s, t) in enumerate(zip(shape, g.shape)) if s == 1 and t != 1)
+    if axes:
+        g = xp.sum(g, axis=axes, keepdims=True)
+    return g

@@ -28,7 +28,7 @@ def vjp(fun, *args, **kwargs):
     Example:
         >>> import numpy as np, otcore as ot
         >>> x = np.random.default_rng(0).normal(size=(6, 2)); y = x + 1.0
-        >>> value, pullback = ot.vjp(ot.reg_ot_cost, x, y, epsilon=0.1, threshold=1e-8)
+        >>> value, pullback = ot.vjp(ot.reg_ot_cost, x, y, epsilon=1.0)
         >>> dx, dy = pullback(np.asarray(1.0))
         >>> dx.shape, dy.shape
         ((6, 2), (6, 2))

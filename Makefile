@@ -1,0 +1,26 @@
+# The two commands of the README's quickstart: `make demo` and `make test`.
+PY ?= python3
+# CPU wheel of PyTorch (an unpinned torch can pull a multi-GB CUDA build).
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test install-demo install-test lint docs
+
+install-demo:
+	$(PY) -m pip install -q "$(TORCH)" -e ".[jax]" array-api-strict
+
+demo: install-demo
+	$(PY) examples/demo.py
+
+install-test:
+	$(PY) -m pip install -q "$(TORCH)" -e ".[jax,compare,test,docs]"
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+docs:
+	$(PY) -m mkdocs build --strict --quiet
+
+test: install-test lint
+	$(PY) -m pytest
+	$(MAKE) docs

@@ -10,6 +10,7 @@ from .autodiff import grad, value_and_grad, vjp
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
 from .geometry import Geometry, PointCloud
+from .implicit import ImplicitDiff
 from .output import SinkhornOutput
 from .problem import LinearProblem
 from .sinkhorn import Sinkhorn
@@ -20,6 +21,7 @@ __all__ = [
     "ConvergenceWarning",
     "EpsilonSchedule",
     "Geometry",
+    "ImplicitDiff",
     "LinearProblem",
     "NonFiniteIterationError",
     "PointCloud",

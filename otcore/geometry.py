@@ -124,16 +124,35 @@ class Geometry:
     def _arrays(self):
         return (self._raw,)
 
-    def _stop_gradient_copy(self):
-        """A copy of this geometry whose arrays are constants for autodiff (same ε)."""
-        geom = Geometry.__new__(Geometry)
+    def _data_leaves(self):
+        """The arrays the cost is computed from (``(C,)`` here)."""
+        return (self._raw,)
+
+    def _set_data_leaves(self, leaves):
+        (self._raw,) = leaves
+
+    def _leaves(self):
+        """Differentiable inputs: the cost data, then ε if it was given as an array."""
+        eps = self._epsilon_arg
+        return self._data_leaves() + (() if eps is None or isinstance(eps, float) else (eps,))
+
+    def _with_leaves(self, leaves):
+        """A copy with the arrays of :meth:`_leaves` replaced; statistics stay constants."""
+        geom = type(self).__new__(type(self))
         geom.__dict__.update(self.__dict__)
-        geom._raw = self._adapter.stop_gradient(self._raw)
-        geom._cache = {"epsilon": self.epsilon, "inv_scale": self._adapter_sg(self.inv_scale_cost)}
+        k = len(self._data_leaves())
+        geom._set_data_leaves(tuple(leaves[:k]))
+        if len(leaves) > k:
+            geom._epsilon_arg = leaves[k]
+        geom._cache = {
+            "inv_scale": self.inv_scale_cost,
+            **({"eps_stat": self._eps_stat} if self._needs_eps_stat else {}),
+        }
         return geom
 
-    def _adapter_sg(self, value):
-        return value if isinstance(value, numbers.Real) else self._adapter.stop_gradient(value)
+    def _stop_gradient_copy(self):
+        """A copy whose arrays are constants for autodiff (same ε and scale)."""
+        return self._with_leaves(tuple(self._adapter.stop_gradient(v) for v in self._leaves()))
 
     # -- raw cost access (overridden by PointCloud) ---------------------------------
     def _raw_blocks(self, axis: int):
@@ -220,20 +239,30 @@ class Geometry:
         """The resolved ε: a float, or an array of shape ``batch_shape`` (or 0-d)."""
 
         def compute():
-            eps, rel = self._epsilon_arg, self.relative_epsilon
-            if eps is not None and rel is None:
+            eps = self._epsilon_arg
+            if not self._needs_eps_stat:
                 return eps
-            stat_name = rel or "std"
-            stat = self._adapter.stop_gradient(self._cost_statistic(stat_name))
-            value = (DEFAULT_EPSILON_SCALE if eps is None else eps) * stat
+            value = (DEFAULT_EPSILON_SCALE if eps is None else eps) * self._eps_stat
             if self._adapter.is_concrete(value) and not bool(self.xp.all(value > 0)):
                 raise ValueError(
-                    f"the {stat_name} of the cost matrix is 0, so the relative epsilon is 0; "
-                    "pass an absolute epsilon"
+                    f"the {self.relative_epsilon or 'std'} of the cost matrix is 0, so the "
+                    "relative epsilon is 0; pass an absolute epsilon"
                 )
             return value
 
         return self._cached("epsilon", compute)
+
+    @property
+    def _needs_eps_stat(self) -> bool:
+        return self._epsilon_arg is None or self.relative_epsilon is not None
+
+    @property
+    def _eps_stat(self):
+        """The cost statistic that a relative or default ε multiplies (no gradient)."""
+        name = self.relative_epsilon or "std"
+        return self._cached(
+            "eps_stat", lambda: self._adapter.stop_gradient(self._cost_statistic(name))
+        )
 
     # -- operators used by the solvers ---------------------------------------------
     def operators(self, eps=None):
@@ -332,6 +361,13 @@ class _Operators:
         return self._concat(
             [self._matvec(p, vec, axis) for p, _ in self._plan_blocks(fe, ge, axis)]
         )
+
+    def plan_operator(self, fe, ge):
+        """``(v -> P v, u -> Pᵀ u)``; a dense geometry forms ``P`` once, online ones never."""
+        if not self.geom.is_online:
+            p = self.plan(fe, ge)
+            return (lambda v: self._matvec(p, v, 1)), (lambda u: self._matvec(p, u, 0))
+        return (lambda v: self.plan_apply(fe, ge, v, 1)), (lambda u: self.plan_apply(fe, ge, u, 0))
 
     def plan_dot_cost(self, fe, ge):
         """``sum_ij P_ij C_ij`` without holding ``P`` (in online mode)."""
@@ -432,13 +468,12 @@ class PointCloud(Geometry):
     def _arrays(self):
         return (self.x, self.y)
 
-    def _stop_gradient_copy(self):
-        geom = PointCloud.__new__(PointCloud)
-        geom.__dict__.update(self.__dict__)
-        sg = self._adapter.stop_gradient
-        geom.x, geom.y = sg(self.x), sg(self.y)
-        geom._cache = {"epsilon": self.epsilon, "inv_scale": self._adapter_sg(self.inv_scale_cost)}
-        return geom
+    def _data_leaves(self):
+        return (self.x,) if self.y is self.x else (self.x, self.y)
+
+    def _set_data_leaves(self, leaves):
+        self.x = leaves[0]
+        self.y = leaves[0] if len(leaves) == 1 else leaves[1]
 
     def _raw_cost_matrix(self):
         return self._cached("raw", lambda: self.cost_fn.pairwise(self.x, self.y))

@@ -14,8 +14,8 @@ class SinkhornOutput:
     Shapes: ``f (..., n)``, ``g (..., m)`` with the problem's batch axes ``...``; the plan is
     ``P_ij = exp((f_i + g_j - C_ij) / ε)`` (rows: first measure ``a``; columns: ``b``).
     Potentials are ``-inf`` where the weight is 0. Costs are computed from the problem's
-    own (differentiable) geometry and weights with the potentials held constant, so their
-    gradients are the envelope (Danskin) gradients.
+    own (differentiable) geometry and weights; with ``use_danskin`` the potentials are
+    held constant in them, so their gradients are the envelope (Danskin) gradients.
 
     Attributes:
         f, g: dual potentials, in cost units.
@@ -76,6 +76,14 @@ class SinkhornOutput:
     def _scaled(self):
         e1 = _expand(self.epsilon, 1)
         return self._get("scaled", lambda: (self.f / e1, self.g / e1))
+
+    @property
+    def _cost_potentials(self):
+        """``(f, g)`` as used in the costs: constants when ``use_danskin``."""
+        if not self.solver.use_danskin:
+            return self.f, self.g
+        sg = self.geom.adapter.stop_gradient
+        return sg(self.f), sg(self.g)
 
     # -- plan --------------------------------------------------------------------------
     @property
@@ -155,11 +163,15 @@ class SinkhornOutput:
 
         def compute():
             xp = self.xp
+            f, g = self._cost_potentials
+            e1 = _expand(self.epsilon, 1)
+            fe, ge = f / e1, g / e1
+            transport_mass = xp.sum(xp.exp(fe + self._ops.lse(ge, axis=1)), axis=-1)
             mass = xp.sum(self.a, axis=-1) * xp.sum(self.b, axis=-1)
             return (
-                self._side_term(self.a, self.f, self.prob.tau_a)
-                + self._side_term(self.b, self.g, self.prob.tau_b)
-                + self.epsilon * (mass - self.transport_mass)
+                self._side_term(self.a, f, self.prob.tau_a)
+                + self._side_term(self.b, g, self.prob.tau_b)
+                + self.epsilon * (mass - transport_mass)
             )
 
         return self._get("reg_ot_cost", compute)
@@ -169,12 +181,15 @@ class SinkhornOutput:
     @property
     def dual_cost(self):
         """``<a, f> + <b, g>`` (over positive weights)."""
-        return self._weighted(self.a, self.f) + self._weighted(self.b, self.g)
+        f, g = self._cost_potentials
+        return self._weighted(self.a, f) + self._weighted(self.b, g)
 
     @property
     def primal_cost(self):
         """Transport cost of the plan, ``<P, C>`` (blockwise in online mode)."""
-        return self._get("primal", lambda: self._ops.plan_dot_cost(*self._scaled))
+        e1 = _expand(self.epsilon, 1)
+        f, g = self._cost_potentials
+        return self._get("primal", lambda: self._ops.plan_dot_cost(f / e1, g / e1))
 
     @property
     def ent_reg_cost(self):

@@ -70,6 +70,13 @@ class LinearProblem:
         self.tau_a = _checks.check_tau("tau_a", tau_a)
         self.tau_b = _checks.check_tau("tau_b", tau_b)
 
+    def _replace(self, geom, a, b):
+        """A copy on other arrays of the same shapes (no validation: used inside traces)."""
+        prob = LinearProblem.__new__(LinearProblem)
+        prob.__dict__.update(self.__dict__)
+        prob.geom, prob.a, prob.b = geom, a, b
+        return prob
+
     @property
     def is_balanced(self) -> bool:
         """True when both marginals are constrained (``tau_a == tau_b == 1``)."""

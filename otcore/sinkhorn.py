@@ -23,10 +23,13 @@ import numbers
 from . import _checks, _xp
 from .epsilon import EpsilonSchedule
 from .geometry import _expand
+from .implicit import ImplicitDiff, ImplicitSystem
 from .output import SinkhornOutput
 from .problem import LinearProblem
 
 __all__ = ["Sinkhorn"]
+
+_DEFAULT = object()
 
 
 class Sinkhorn:
@@ -50,8 +53,16 @@ class Sinkhorn:
             ``(init, decay)``) annealing ε towards its target (log-domain only).
         initializer: ``"default"`` (zero potentials, ``-inf`` at zero weights) or a
             callable ``problem -> (f, g)``.
-        use_danskin: differentiate the costs with the potentials held constant (the
-            envelope theorem; exact at convergence). The solve itself runs on constants.
+        implicit_diff: how derivatives of the potentials are computed. An
+            :class:`~otcore.ImplicitDiff` (default): the loop runs on constants and the
+            potentials are differentiated through their optimality conditions (one linear
+            solve per backward pass, any order). ``None``: unrolled, the framework
+            differentiates through the iterations (JAX: a checkpointed fixed-length scan
+            of ``max_iterations``; PyTorch: the recorded loop; not available on NumPy).
+        use_danskin: differentiate the costs (``reg_ot_cost`` and co.) with the potentials
+            held constant (envelope theorem, exact at the optimum, no linear solve).
+            Default: True with ``implicit_diff``, False when unrolled. Set False for
+            second derivatives of costs.
 
     Example:
         >>> import numpy as np, otcore as ot
@@ -73,7 +84,8 @@ class Sinkhorn:
         parallel_dual_updates: bool = False,
         epsilon_schedule=None,
         initializer="default",
-        use_danskin: bool = True,
+        implicit_diff=_DEFAULT,
+        use_danskin: bool | None = None,
     ):
         self.lse_mode = bool(lse_mode)
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
@@ -114,7 +126,14 @@ class Sinkhorn:
         if not (initializer == "default" or callable(initializer)):
             raise ValueError(f"initializer must be 'default' or a callable, got {initializer!r}")
         self.initializer = initializer
-        self.use_danskin = bool(use_danskin)
+        if implicit_diff is _DEFAULT:
+            implicit_diff = ImplicitDiff()
+        if implicit_diff is not None and not isinstance(implicit_diff, ImplicitDiff):
+            raise TypeError(
+                f"implicit_diff must be an ImplicitDiff or None, got {type(implicit_diff).__name__}"
+            )
+        self.implicit_diff = implicit_diff
+        self.use_danskin = (implicit_diff is not None) if use_danskin is None else bool(use_danskin)
 
     @property
     def n_blocks(self) -> int:
@@ -125,16 +144,23 @@ class Sinkhorn:
         """Solve ``prob``; ``init`` is an optional warm start ``(f, g)`` of potentials."""
         if not isinstance(prob, LinearProblem):
             raise TypeError(f"expected a LinearProblem, got {type(prob).__name__}")
-        sg = prob.geom.adapter.stop_gradient
-        geom = prob.geom._stop_gradient_copy()
-        a, b = sg(prob.a), sg(prob.b)
-        eps = geom.epsilon
+        adapter = prob.geom.adapter
+        sg = adapter.stop_gradient
+        unrolled = self.implicit_diff is None
+        if unrolled:
+            geom, a, b = prob.geom, prob.a, prob.b
+        else:
+            geom, a, b = prob.geom._stop_gradient_copy(), sg(prob.a), sg(prob.b)
         f0, g0 = self._initial_potentials(prob, init)
         f0, g0 = sg(f0), sg(g0)
-        state = _Iteration(self, prob, geom, a, b, eps).run(f0, g0)
+        state = _Iteration(self, prob, geom, a, b, geom.epsilon).run(f0, g0, unrolled)
+        f, g = state["f"], state["g"]
+        leaves = (*prob.geom._leaves(), prob.a, prob.b)
+        if not unrolled and adapter.is_differentiating(*leaves):
+            f, g = adapter.implicit_potentials(self._system_builder(prob), f, g, leaves)
         return SinkhornOutput(
-            f=state["f"],
-            g=state["g"],
+            f=f,
+            g=g,
             prob=prob,
             errors=state["errors"],
             n_iters=state["k"] * self.inner_iterations,
@@ -142,6 +168,18 @@ class Sinkhorn:
             diverged=state["diverged"],
             solver=self,
         )
+
+    def _system_builder(self, prob):
+        """``(leaves, f, g) -> ImplicitSystem`` on arrays replacing ``prob``'s leaves."""
+        k = len(prob.geom._leaves())
+
+        def make_system(leaves, f, g):
+            geom = prob.geom._with_leaves(tuple(leaves[:k]))
+            return ImplicitSystem(
+                prob._replace(geom, leaves[k], leaves[k + 1]), f, g, self.implicit_diff
+            )
+
+        return make_system
 
     def _initial_potentials(self, prob, init):
         xp = prob.geom.xp
@@ -194,7 +232,7 @@ class _Iteration:
         self.check_both = (not prob.is_balanced) or solver.parallel_dual_updates
 
     # -- loop ----------------------------------------------------------------------
-    def run(self, f0, g0):
+    def run(self, f0, g0, unrolled: bool = False):
         xp, s = self.xp, self.s
         batch = f0.shape[:-1]
         dev = _xp.device_of(f0)
@@ -236,7 +274,10 @@ class _Iteration:
                 "errors": xp.where(block_ids == k, err[..., None], st["errors"]),
             }
 
-        state = self.ad.while_loop(cond, body, state)
+        if unrolled:
+            state = self.ad.while_loop_differentiable(cond, body, state, n_blocks)
+        else:
+            state = self.ad.while_loop(cond, body, state)
         if s.lse_mode:
             state["f"], state["g"] = state["x"], state["y"]
         else:

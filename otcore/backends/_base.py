@@ -33,6 +33,13 @@ class Adapter:
             state = body(state)
         return state
 
+    def while_loop_differentiable(self, cond, body, state, max_steps: int):
+        """Like :meth:`while_loop`, but reverse-differentiable (for unrolled gradients).
+
+        Eager backends record the Python loop itself; JAX runs a fixed-length scan.
+        """
+        return self.while_loop(cond, body, state)
+
     def fori_loop(self, n: int, body, state):
         """``state = body(i, state)`` for ``i`` in ``range(n)`` (no host sync)."""
         for i in range(n):
@@ -45,6 +52,19 @@ class Adapter:
     def vjp(self, fun, args, kwargs):
         """``(fun(*args, **kwargs), vjp_fn)`` with the framework's autodiff."""
         raise NotImplementedError(f"{self.name} has no autodiff; otcore uses manual rules")
+
+    def implicit_potentials(self, make_system, f, g, leaves):
+        """Attach implicit derivatives to constant potentials ``(f, g)``.
+
+        ``make_system(leaves, f, g)`` builds the :class:`~otcore.implicit.ImplicitSystem`
+        from (possibly differentiable) arrays. Eager backends without autodiff return
+        ``(f, g)``: their derivatives come from the manual rules.
+        """
+        return f, g
+
+    def cost_vjp(self, cost_fn, x, y, g):
+        """Pull a cost-matrix cotangent ``g`` back to the points (manual rule)."""
+        return cost_fn.vjp(x, y, g)
 
     def stop_gradient(self, x):
         """``x`` as a constant for the autodiff framework (identity without one)."""

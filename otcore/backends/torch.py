@@ -38,6 +38,23 @@ class TorchAdapter(Adapter):
 
         return out.detach(), vjp_fn
 
+    def implicit_potentials(self, make_system, f, g, leaves):
+        return _ImplicitPotentials.apply(make_system, f, g, *leaves)
+
+    def cost_vjp(self, cost_fn, x, y, g):
+        create = torch.is_grad_enabled()
+
+        def leaf(t):
+            return t.view_as(t) if create and t.requires_grad else t.detach().requires_grad_(True)
+
+        with torch.enable_grad():
+            xs, ys = leaf(x), leaf(y)
+            cost = cost_fn.pairwise(xs, ys)
+            dx, dy = torch.autograd.grad(cost, (xs, ys), g, create_graph=create, allow_unused=True)
+        dx = torch.zeros_like(x) if dx is None else dx
+        dy = torch.zeros_like(y) if dy is None else dy
+        return dx, dy
+
     def stop_gradient(self, x):
         return x.detach()
 
@@ -48,3 +65,29 @@ class TorchAdapter(Adapter):
 
     def logsumexp(self, x, axis: int):
         return torch.logsumexp(x, dim=axis)
+
+
+class _ImplicitPotentials(torch.autograd.Function):
+    """Identity on the solved potentials; backward = the implicit-function-theorem solve.
+
+    The backward is made of differentiable torch operations and saves the outputs
+    themselves, so double backward and Hessians flow through this same rule.
+    """
+
+    @staticmethod
+    def forward(ctx, make_system, f, g, *leaves):
+        f_out, g_out = f.clone(), g.clone()
+        ctx.make_system = make_system
+        ctx.n_leaves = len(leaves)
+        ctx.save_for_backward(f_out, g_out, *leaves)
+        return f_out, g_out
+
+    @staticmethod
+    def backward(ctx, f_bar, g_bar):
+        f, g, *leaves = ctx.saved_tensors
+        system = ctx.make_system(tuple(leaves), f, g)
+        f_bar = torch.zeros_like(f) if f_bar is None else f_bar
+        g_bar = torch.zeros_like(g) if g_bar is None else g_bar
+        wu, wv = system.solve(f_bar, g_bar)
+        grads = system.pullback(wu, wv)
+        return (None, None, None, *grads)

@@ -1,0 +1,340 @@
+"""Implicit differentiation of the Sinkhorn potentials, written once for every backend.
+
+Optimality conditions (mass units; ``P_ij = exp((f_i + g_j - C_ij)/ε)``)::
+
+    G(f, g; θ) = [ P1 - γ_a ; Pᵀ1 - γ_b ],   γ_a = a exp(-(f - ε log a)/ρ_a)   (γ_a = a if balanced)
+
+with θ = (cost data, a, b, ε). Their Jacobian in ``z = (f, g)`` is ``S / ε`` with the
+symmetric positive semi-definite matrix::
+
+    S = [[diag(r + ε γ_a / ρ_a), P], [Pᵀ, diag(c + ε γ_b / ρ_b)]],   r = P1,  c = Pᵀ1.
+
+So ``dz/dθ = -ε S⁻¹ ∂G/∂θ`` and a cotangent ``z̄`` pulls back to
+``θ̄ = -ε (∂G/∂θ)ᵀ w`` with ``S w = z̄``. The system is solved matrix-free (products
+with ``P`` and ``Pᵀ`` only) on the Schur complement of the larger block. Balanced problems
+have the null space ``k = (1, -1)`` (the potentials' gauge): the right-hand side and the
+solution are projected orthogonally to it, so no ridge is needed; cotangents of the
+weights are then defined up to a constant, as the balanced problem itself is only defined
+on the simplex. Zero weights are removed from the system (their potentials are ``-inf``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from . import _rules, _xp
+from .geometry import _expand
+from .linsolve import cg, default_tolerances, normal_cg
+
+__all__ = ["ImplicitDiff", "ImplicitSystem"]
+
+_SOLVER_KWARGS = ("ridge_kernel", "ridge_identity", "rtol", "atol", "max_iter")
+
+
+class ImplicitDiff:
+    """Differentiate Sinkhorn's output through its optimality conditions.
+
+    Args:
+        solver: ``"auto"`` or ``"cg"`` (preconditioned conjugate gradients on the Schur
+            complement), ``"normal_cg"`` (CG on the normal equations), or a callable
+            ``solver(matvec, rhs, **solver_kwargs) -> x`` for the symmetric positive
+            semi-definite Schur system ``(..., k)`` (array API code; ``matvec`` maps arrays
+            shaped like ``rhs``).
+        solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule; defaults: ``1e-11``
+            relative in float64, ``1e-5`` in float32), ``ridge_kernel`` (adds
+            ``ridge · k kᵀ`` in balanced problems) and ``ridge_identity`` (adds
+            ``ridge · I``). Ridges are not needed: the null space is projected out.
+        symmetric: accepted for compatibility with OTT-JAX; otcore's system is always the
+            symmetric one (OTT's identity preconditioner with ``symmetric=True``).
+        precondition_fun: ``None`` only: the conditions are used in mass units (see the
+            module docstring); the solution does not depend on this choice.
+
+    Example:
+        >>> import numpy as np, otcore as ot
+        >>> solver = ot.Sinkhorn(implicit_diff=ot.ImplicitDiff(solver_kwargs={"rtol": 1e-8}))
+        >>> solver.implicit_diff.solver_kwargs["rtol"]
+        1e-08
+    """
+
+    def __init__(self, solver="auto", solver_kwargs=None, symmetric=False, precondition_fun=None):
+        if not (solver in ("auto", "cg", "normal_cg") or callable(solver)):
+            raise ValueError(
+                f"solver must be 'auto', 'cg', 'normal_cg' or a callable, got {solver!r}"
+            )
+        solver_kwargs = dict(solver_kwargs or {})
+        if not callable(solver):
+            unknown = sorted(set(solver_kwargs) - set(_SOLVER_KWARGS))
+            if unknown:
+                raise ValueError(
+                    f"unknown solver_kwargs {unknown}; expected a subset of {list(_SOLVER_KWARGS)}"
+                )
+        for key in ("ridge_kernel", "ridge_identity", "rtol", "atol"):
+            value = solver_kwargs.get(key, 0.0)
+            if not isinstance(value, numbers.Real) or value < 0:
+                raise ValueError(f"solver_kwargs[{key!r}] must be a number >= 0, got {value!r}")
+        if precondition_fun is not None:
+            raise ValueError(
+                "precondition_fun must be None: otcore solves the symmetric system in mass "
+                "units, whose solution is the same for every preconditioner"
+            )
+        self.solver = solver
+        self.solver_kwargs = solver_kwargs
+        self.symmetric = bool(symmetric)
+        self.precondition_fun = precondition_fun
+
+    def __repr__(self):
+        return f"ImplicitDiff(solver={self.solver!r}, solver_kwargs={self.solver_kwargs!r})"
+
+
+class ImplicitSystem:
+    """The linear system of the implicit function theorem at a solution ``(f, g)``.
+
+    Args:
+        prob: the :class:`~otcore.LinearProblem` (its arrays may carry autodiff history;
+            everything here is differentiable array API code).
+        f, g: potentials ``(..., n)``, ``(..., m)`` at (or near) the fixed point.
+        implicit: the :class:`ImplicitDiff` options.
+    """
+
+    def __init__(self, prob, f, g, implicit: ImplicitDiff):
+        self.prob = prob
+        self.geom = geom = prob.geom
+        self.xp = xp = geom.xp
+        self.adapter = geom.adapter
+        self.implicit = implicit
+        self.f, self.g = f, g
+        self.eps = eps = geom.epsilon
+        self.e1 = e1 = _expand(eps, 1)
+        self.ops = geom.operators(eps)
+        self.fe, self.ge = f / e1, g / e1
+        self.apply_p, self.apply_pt = self.ops.plan_operator(self.fe, self.ge)
+        self.mask_a = prob.a > 0
+        self.mask_b = prob.b > 0
+        self.r = self.apply_p(xp.ones_like(g))
+        self.c = self.apply_pt(xp.ones_like(f))
+        self.gamma_a = _target(xp, prob.a, f, e1, prob.rho(prob.tau_a))
+        self.gamma_b = _target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
+        self.diag_a = self.r + _ratio(e1, prob.rho(prob.tau_a)) * self.gamma_a
+        self.diag_b = self.c + _ratio(e1, prob.rho(prob.tau_b)) * self.gamma_b
+
+    # -- the operator ---------------------------------------------------------------
+    def matvec(self, wu, wv):
+        """``S (wu, wv)``."""
+        return self.diag_a * wu + self.apply_p(wv), self.apply_pt(wu) + self.diag_b * wv
+
+    def conditions(self):
+        """``G(f, g; θ)`` (masked at zero weights): zero at the fixed point."""
+        xp = self.xp
+        zero_a, zero_b = xp.zeros_like(self.r), xp.zeros_like(self.c)
+        return (
+            xp.where(self.mask_a, self.r - self.gamma_a, zero_a),
+            xp.where(self.mask_b, self.c - self.gamma_b, zero_b),
+        )
+
+    # -- the solve -----------------------------------------------------------------
+    def _kernel(self):
+        xp = self.xp
+        ka = xp.astype(self.mask_a, self.f.dtype)
+        kb = -xp.astype(self.mask_b, self.g.dtype)
+        return ka, kb
+
+    def _project(self, u, v):
+        """Remove the component along the gauge direction ``k = (1, -1)`` (balanced)."""
+        if not self.prob.is_balanced:
+            return u, v
+        xp = self.xp
+        ka, kb = self._kernel()
+        kk = xp.sum(ka * ka, axis=-1, keepdims=True) + xp.sum(kb * kb, axis=-1, keepdims=True)
+        t = (xp.sum(u * ka, axis=-1, keepdims=True) + xp.sum(v * kb, axis=-1, keepdims=True)) / kk
+        return u - t * ka, v - t * kb
+
+    def solve(self, zu, zv):
+        """``w = S⁺ z`` (projected for balanced problems), shapes like ``(f, g)``."""
+        xp = self.xp
+        zu = xp.where(self.mask_a, zu, xp.zeros_like(zu))
+        zv = xp.where(self.mask_b, zv, xp.zeros_like(zv))
+        zu, zv = self._project(zu, zv)
+        n, m = self.geom.shape
+        if n >= m:
+            wu, wv = self._schur_solve(
+                zu,
+                zv,
+                self.diag_a,
+                self.diag_b,
+                self.mask_a,
+                self.mask_b,
+                self.apply_p,
+                self.apply_pt,
+                first=True,
+            )
+        else:
+            wv, wu = self._schur_solve(
+                zv,
+                zu,
+                self.diag_b,
+                self.diag_a,
+                self.mask_b,
+                self.mask_a,
+                self.apply_pt,
+                self.apply_p,
+                first=False,
+            )
+        return self._project(wu, wv)
+
+    def _schur_solve(self, z_big, z_small, d_big, d_small, m_big, m_small, to_big, to_small, first):
+        """Eliminate the larger block: ``(D_s - Bᵀ D_b⁻¹ B) w_s = z_s - Bᵀ D_b⁻¹ z_b``."""
+        xp = self.xp
+        inv_big = _safe_inverse(xp, d_big, m_big)
+        inv_small = _safe_inverse(xp, d_small, m_small)
+        opts = self.implicit.solver_kwargs
+        ridge_i = float(opts.get("ridge_identity", 0.0))
+        ridge_k = float(opts.get("ridge_kernel", 0.0)) if self.prob.is_balanced else 0.0
+        ones_small = xp.astype(m_small, d_small.dtype)
+
+        def schur(v):
+            out = d_small * v - to_small(inv_big * to_big(v))
+            if ridge_i:
+                out = out + ridge_i * v
+            if ridge_k:
+                out = out + ridge_k * xp.sum(ones_small * v, axis=-1, keepdims=True) * ones_small
+            return xp.where(m_small, out, xp.zeros_like(out))
+
+        rhs = z_small - to_small(inv_big * z_big)
+        rhs = xp.where(m_small, rhs, xp.zeros_like(rhs))
+        w_small = self._run_solver(schur, rhs, inv_small)
+        w_big = inv_big * (z_big - to_big(w_small))
+        return w_big, w_small
+
+    def _run_solver(self, matvec, rhs, precond):
+        xp = self.xp
+        opts = dict(self.implicit.solver_kwargs)
+        solver = self.implicit.solver
+        if callable(solver):
+            return solver(matvec, rhs, **opts)
+        rtol0, atol0 = default_tolerances(rhs.dtype == xp.float64)
+        kw = {
+            "rtol": opts.get("rtol", rtol0),
+            "atol": opts.get("atol", atol0),
+            "max_iter": opts.get("max_iter"),
+        }
+        if solver == "normal_cg":
+            return normal_cg(self.adapter, matvec, rhs, **kw)
+        return cg(self.adapter, matvec, rhs, precond=precond, **kw)
+
+    # -- pulling back --------------------------------------------------------------
+    def pullback(self, wu, wv):
+        """``θ̄ = -ε (∂G/∂θ)ᵀ w`` for the inputs of ``Geometry._leaves`` and ``a, b``.
+
+        A cost-matrix cotangent reaches the points through the adapter's ``cost_vjp``
+        (manual rules without autodiff, the framework's autodiff otherwise). Returns a
+        tuple aligned with ``geom._leaves() + (a, b)``.
+        """
+        xp = self.xp
+        geom, prob = self.geom, self.prob
+        s = _expand(geom.inv_scale_cost, 2)
+        data = geom._data_leaves()
+        if not hasattr(geom, "cost_fn"):  # cost-matrix geometry
+            grads = [_rules.unbroadcast(xp, self._cost_cotangent(wu, wv) * s, data[0].shape)]
+        else:
+            dx, dy = self._points_cotangent(wu, wv, s)
+            if len(data) == 1:
+                grads = [_rules.unbroadcast(xp, dx + dy, data[0].shape)]
+            else:
+                grads = [
+                    _rules.unbroadcast(xp, dx, data[0].shape),
+                    _rules.unbroadcast(xp, dy, data[1].shape),
+                ]
+        if len(geom._leaves()) > len(data):
+            grads.append(self._epsilon_cotangent(wu, wv))
+        grads.append(self._weight_cotangent(prob.a, wu, self.gamma_a, prob.tau_a))
+        grads.append(self._weight_cotangent(prob.b, wv, self.gamma_b, prob.tau_b))
+        return tuple(grads)
+
+    def _cost_cotangent(self, wu, wv):
+        """``C̄ = P ∘ (wu ⊕ wv)`` (dense)."""
+        return self.ops.plan(self.fe, self.ge) * (wu[..., :, None] + wv[..., None, :])
+
+    def _points_cotangent(self, wu, wv, s):
+        """``(x̄, ȳ)`` from ``C̄`` block by block (rows), never holding ``C̄`` online."""
+        xp = self.xp
+        geom = self.geom
+        x, y = geom.x, geom.y
+
+        def cost_vjp(x_, y_, g_):
+            return self.adapter.cost_vjp(geom.cost_fn, x_, y_, g_)
+
+        if not geom.is_online:
+            return cost_vjp(x, y, self._cost_cotangent(wu, wv) * s)
+        dxs, dy = [], None
+        start = 0
+        for p_blk, _ in self.ops._plan_blocks(self.fe, self.ge, 1):
+            k = p_blk.shape[-2]
+            g_blk = p_blk * (wu[..., start : start + k, None] + wv[..., None, :]) * s
+            dx_blk, dy_blk = cost_vjp(x[..., start : start + k, :], y, g_blk)
+            dxs.append(dx_blk)
+            dy = dy_blk if dy is None else dy + dy_blk
+            start += k
+        return xp.concat(dxs, axis=-2), dy
+
+    def _weight_cotangent(self, w, wz, gamma, tau):
+        xp = self.xp
+        pos = w > 0
+        if tau == 1.0:
+            d = self.e1 * wz
+        else:
+            w_safe = xp.where(pos, w, xp.ones_like(w))
+            d = self.e1 * wz * gamma / (tau * w_safe)
+        return _rules.unbroadcast(xp, xp.where(pos, d, xp.zeros_like(d)), w.shape)
+
+    def _epsilon_cotangent(self, wu, wv):
+        """``ε̄`` for an array ε, then through ``ε = leaf * statistic`` when relative."""
+        xp = self.xp
+        geom, prob = self.geom, self.prob
+        total = 0.0
+        start = 0
+        for p_blk, ce in self.ops._plan_blocks(self.fe, self.ge, 1):
+            k = p_blk.shape[-2]
+            log_p = self.fe[..., start : start + k, None] + self.ge[..., None, :] - ce
+            plogp = xp.where(
+                p_blk > 0, p_blk * xp.where(p_blk > 0, log_p, 0.0 * log_p), 0.0 * log_p
+            )
+            weights = wu[..., start : start + k, None] + wv[..., None, :]
+            total = total + xp.sum(weights * plogp, axis=(-2, -1))
+            start += k
+        for w, h, wz, gamma, tau in (
+            (prob.a, self.f, wu, self.gamma_a, prob.tau_a),
+            (prob.b, self.g, wv, self.gamma_b, prob.tau_b),
+        ):
+            if tau == 1.0:
+                continue
+            rho = _expand(prob.rho(tau), 1)
+            pos = w > 0
+            h_safe = xp.where(pos, h, xp.zeros_like(h))
+            total = total + xp.sum(xp.where(pos, wz * gamma * h_safe / rho, 0.0 * h_safe), axis=-1)
+        leaf = geom._epsilon_arg
+        if geom._needs_eps_stat:
+            total = total * geom._eps_stat
+        return _rules.unbroadcast(xp, total, leaf.shape)
+
+
+def _target(xp, w, h, e1, rho):
+    """``γ = w exp(-(h - ε log w)/ρ)`` (``w`` when balanced), 0 where ``w == 0``."""
+    if isinstance(rho, float) and math.isinf(rho):
+        return w
+    pos = w > 0
+    h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * _xp.safe_log(
+        xp, xp.where(pos, w, 1.0 + 0 * w)
+    )
+    return xp.where(pos, w * xp.exp(-h_tilde / _expand(rho, 1)), xp.zeros_like(h_tilde))
+
+
+def _ratio(e1, rho):
+    if isinstance(rho, float) and math.isinf(rho):
+        return 0.0
+    return e1 / _expand(rho, 1)
+
+
+def _safe_inverse(xp, d, mask):
+    ok = mask & (d > 0)
+    return xp.where(ok, 1.0 / xp.where(ok, d, xp.ones_like(d)), xp.zeros_like(d))

@@ -1,0 +1,107 @@
+"""Matrix-free Krylov solvers written against the array API.
+
+Vectors may carry leading batch axes: ``(..., k)``; inner products reduce the last axis,
+so every problem of a batch runs its own recursion, and the loop stops when all of them
+meet ``|r| <= max(rtol |b|, atol)`` or after ``max_iter`` steps. Loops go through the
+adapter (``lax.while_loop`` on JAX, a Python loop elsewhere).
+"""
+
+from __future__ import annotations
+
+__all__ = ["cg", "default_tolerances", "normal_cg"]
+
+
+def default_tolerances(dtype_is_64: bool):
+    """``(rtol, atol)`` defaults: tight in float64, reachable in float32."""
+    return (1e-11, 0.0) if dtype_is_64 else (1e-5, 0.0)
+
+
+def _dot(xp, u, v):
+    return xp.sum(u * v, axis=-1, keepdims=True)
+
+
+def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None):
+    """Preconditioned conjugate gradients for a symmetric positive (semi-)definite operator.
+
+    Args:
+        adapter: the backend adapter (loops).
+        matvec: ``v -> A v`` on arrays shaped like ``rhs``.
+        rhs: right-hand side ``(..., k)``; for a singular ``A`` it must lie in its range.
+        precond: optional diagonal preconditioner, an array broadcastable to ``rhs``
+            holding ``1 / diag(A)`` (or any positive approximation of it).
+        rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry.
+        max_iter: at most this many steps (default ``2 k + 10``).
+
+    Returns:
+        The solution, shaped like ``rhs``.
+
+    Example:
+        >>> import numpy as np
+        >>> from otcore.backends import adapter_for
+        >>> A = np.array([[4.0, 1.0], [1.0, 3.0]]); b = np.array([1.0, 2.0])
+        >>> x = cg(adapter_for(b), lambda v: A @ v, b, rtol=1e-12)
+        >>> np.allclose(A @ x, b)
+        True
+    """
+    xp = adapter.xp
+    k = rhs.shape[-1]
+    max_iter = 2 * k + 10 if max_iter is None else int(max_iter)
+    m = (lambda r: r) if precond is None else (lambda r: precond * r)
+    bnorm = xp.sqrt(_dot(xp, rhs, rhs))
+    tol2 = xp.maximum(rtol * bnorm, xp.full_like(bnorm, atol)) ** 2
+    x0 = xp.zeros_like(rhs)
+    r0 = rhs
+    z0 = m(r0)
+    state = {
+        "x": x0,
+        "r": r0,
+        "p": z0,
+        "rz": _dot(xp, r0, z0),
+        "rr": _dot(xp, r0, r0),
+        "i": xp.asarray(0),
+    }
+
+    def cond(s):
+        return (s["i"] < max_iter) & xp.any(s["rr"] > tol2)
+
+    def body(s):
+        ap = matvec(s["p"])
+        pap = _dot(xp, s["p"], ap)
+        active = s["rr"] > tol2
+        safe = xp.where(active & (pap != 0), pap, xp.ones_like(pap))
+        alpha = xp.where(active & (pap != 0), s["rz"] / safe, xp.zeros_like(pap))
+        x = s["x"] + alpha * s["p"]
+        r = s["r"] - alpha * ap
+        z = m(r)
+        rz = _dot(xp, r, z)
+        rz_safe = xp.where(s["rz"] != 0, s["rz"], xp.ones_like(rz))
+        beta = xp.where(s["rz"] != 0, rz / rz_safe, xp.zeros_like(rz))
+        return {
+            "x": x,
+            "r": r,
+            "p": z + beta * s["p"],
+            "rz": rz,
+            "rr": _dot(xp, r, r),
+            "i": s["i"] + 1,
+        }
+
+    return adapter.while_loop(cond, body, state)["x"]
+
+
+def normal_cg(adapter, matvec, rhs, *, rmatvec=None, precond=None, **kwargs):
+    """Conjugate gradients on the normal equations ``Aᵀ A x = Aᵀ b`` (any square ``A``).
+
+    ``rmatvec`` applies ``Aᵀ`` (default: ``matvec``, for symmetric ``A``). ``precond`` is
+    ignored (the normal operator's diagonal is not available matrix-free).
+
+    Example:
+        >>> import numpy as np
+        >>> from otcore.backends import adapter_for
+        >>> A = np.array([[2.0, 1.0], [0.0, 3.0]]); b = np.array([1.0, 2.0])
+        >>> x = normal_cg(adapter_for(b), lambda v: A @ v, b, rmatvec=lambda v: A.T @ v, rtol=1e-12)
+        >>> np.allclose(A @ x, b)
+        True
+    """
+    del precond
+    rmatvec = matvec if rmatvec is None else rmatvec
+    return cg(adapter, lambda v: rmatvec(matvec(v)), rmatvec(rhs), **kwargs)

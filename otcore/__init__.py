@@ -4,9 +4,10 @@ Pass NumPy, JAX, PyTorch or CuPy arrays; results come back as the same type, dty
 device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 """
 
+from . import _reg_ot_cost_rules as _reg_ot_cost_rules  # registers the manual rules
 from . import costs
 from .api import reg_ot_cost, solve
-from .autodiff import grad, value_and_grad, vjp
+from .autodiff import grad, hessian, hvp, value_and_grad, vjp
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
 from .geometry import Geometry, PointCloud
@@ -29,6 +30,8 @@ __all__ = [
     "SinkhornOutput",
     "costs",
     "grad",
+    "hessian",
+    "hvp",
     "reg_ot_cost",
     "solve",
     "value_and_grad",

@@ -8,6 +8,7 @@ arguments that are not arrays), like ``jax.vjp``.
 from __future__ import annotations
 
 RULES: dict = {}
+HVP_RULES: dict = {}
 
 
 def register(fun):
@@ -15,6 +16,16 @@ def register(fun):
 
     def wrap(rule):
         RULES[fun] = rule
+        return rule
+
+    return wrap
+
+
+def register_hvp(fun):
+    """Decorator registering ``rule(args, kwargs, argnum) -> (gradient, v -> H v)``."""
+
+    def wrap(rule):
+        HVP_RULES[fun] = rule
         return rule
 
     return wrap

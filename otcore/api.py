@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from . import _rules
 from .errors import ConvergenceWarning, NonFiniteIterationError
-from .geometry import Geometry, PointCloud, _expand
+from .geometry import Geometry, PointCloud
 from .output import SinkhornOutput
 from .problem import LinearProblem
 from .sinkhorn import Sinkhorn
@@ -140,66 +139,6 @@ def _point_cloud_output(
     out = Sinkhorn(**sinkhorn_kwargs)(LinearProblem(geom, a, b, tau_a=tau_a, tau_b=tau_b))
     report(out)
     return out
-
-
-_POINT_CLOUD_DEFAULTS = {
-    "cost": "sqeuclidean",
-    "epsilon": None,
-    "tau_a": 1.0,
-    "tau_b": 1.0,
-    "relative_epsilon": None,
-    "scale_cost": 1.0,
-    "batch_size": None,
-}
-
-
-@_rules.register(reg_ot_cost)
-def _reg_ot_cost_rule(args, kwargs):
-    """Manual VJP of :func:`reg_ot_cost` (envelope gradient: potentials held constant)."""
-    if len(args) > 4:
-        raise TypeError("reg_ot_cost takes at most 4 positional arguments (x, y, a, b)")
-    x, y, a, b = (list(args) + [None] * 4)[:4]
-    kw = {**_POINT_CLOUD_DEFAULTS, **kwargs}
-    out = _point_cloud_output(x, y, a, b, **kw)
-    value = out.reg_ot_cost
-    xp = out.xp
-
-    def vjp_fn(ct):
-        ct = xp.asarray(ct, dtype=value.dtype)
-        geom = out.geom
-        grad_c = ct[..., None, None] * out.matrix * _expand(geom.inv_scale_cost, 2)
-        dx, dy = geom.cost_fn.vjp(geom.x, geom.y, grad_c)
-        dx = _rules.unbroadcast(xp, dx, x.shape)
-        if y is None:
-            dx, dy = dx + _rules.unbroadcast(xp, dy, x.shape), None
-        else:
-            dy = _rules.unbroadcast(xp, dy, y.shape)
-        da = None if a is None else _weight_cotangent(out, ct, "a")
-        db = None if b is None else _weight_cotangent(out, ct, "b")
-        return (dx, dy, da, db)[: max(len(args), 1)]
-
-    return value, vjp_fn
-
-
-def _weight_cotangent(out, ct, side):
-    """Envelope derivative of ``reg_ot_cost`` w.r.t. the weights ``a`` or ``b``."""
-    xp = out.xp
-    w, h, tau = (out.a, out.f, out.prob.tau_a) if side == "a" else (out.b, out.g, out.prob.tau_b)
-    other = out.b if side == "a" else out.a
-    eps = _expand(out.epsilon, 1)
-    pos = w > 0
-    w_safe = xp.where(pos, w, xp.ones_like(w))
-    h_tilde = xp.where(pos, h, xp.zeros_like(h)) - eps * xp.log(w_safe)
-    if tau == 1.0:
-        d = h_tilde - eps
-    else:
-        rho = _expand(out.prob.rho(tau), 1)
-        e = xp.exp(-h_tilde / rho)
-        d = -rho * (e - 1.0) - eps * e
-    # zero weights: like the autodiff backends (masked terms), no contribution but the mass term
-    d = xp.where(pos, d, xp.zeros_like(d))
-    d = d + eps * xp.sum(other, axis=-1)[..., None]
-    return _rules.unbroadcast(xp, ct[..., None] * d, w.shape)
 
 
 def report(out: SinkhornOutput) -> None:

@@ -40,8 +40,55 @@ class CostFn:
             "respect to points with JAX or PyTorch arrays, or use a built-in cost"
         )
 
+    def jvp(self, x, y, dx, dy):
+        """Directional derivative ``Ċ (..., n, m)`` of the cost matrix along ``(dx, dy)``
+        (either may be ``None``). Manual second-order rules use it."""
+        raise NotImplementedError(self._no_second_order())
+
+    def vjp_jvp(self, x, y, w, dx, dy):
+        """Derivative of ``vjp(x, y, w)`` along ``(dx, dy)`` with ``w`` held fixed."""
+        raise NotImplementedError(self._no_second_order())
+
+    def _no_second_order(self):
+        return (
+            f"{type(self).__name__} has no manual second-order rule: use JAX or PyTorch "
+            "arrays, or the sqeuclidean, euclidean or PNorm costs"
+        )
+
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+class _TranslationInvariant(CostFn):
+    """``c(x, y) = φ(x - y)``; subclasses give ``∇φ`` and ``∇²φ · v`` on ``(..., n, m, d)``."""
+
+    def _grad_phi(self, xp, diff):
+        raise NotImplementedError
+
+    def _hess_phi_v(self, xp, diff, v):
+        raise NotImplementedError
+
+    @staticmethod
+    def _direction(xp, x, y, dx, dy):
+        zero_x = xp.zeros_like(x) if dx is None else dx
+        zero_y = xp.zeros_like(y) if dy is None else dy
+        return zero_x[..., :, None, :] - zero_y[..., None, :, :]
+
+    def vjp(self, x, y, g):
+        xp = _xp.namespace(x, y, g)
+        weighted = g[..., None] * self._grad_phi(xp, x[..., :, None, :] - y[..., None, :, :])
+        return xp.sum(weighted, axis=-2), -xp.sum(weighted, axis=-3)
+
+    def jvp(self, x, y, dx, dy):
+        xp = _xp.namespace(x, y)
+        diff = x[..., :, None, :] - y[..., None, :, :]
+        return xp.sum(self._grad_phi(xp, diff) * self._direction(xp, x, y, dx, dy), axis=-1)
+
+    def vjp_jvp(self, x, y, w, dx, dy):
+        xp = _xp.namespace(x, y, w)
+        diff = x[..., :, None, :] - y[..., None, :, :]
+        weighted = w[..., None] * self._hess_phi_v(xp, diff, self._direction(xp, x, y, dx, dy))
+        return xp.sum(weighted, axis=-2), -xp.sum(weighted, axis=-3)
 
 
 def _weighted_differences(xp, x, y, w):
@@ -79,8 +126,23 @@ class SqEuclidean(CostFn):
         dx, dy = _weighted_differences(xp, x, y, g)
         return 2.0 * dx, 2.0 * dy
 
+    def jvp(self, x, y, dx, dy):
+        xp = _xp.namespace(x, y)
+        out = 0.0
+        if dx is not None:
+            out = out + 2.0 * (xp.sum(x * dx, axis=-1)[..., :, None] - dx @ xp.matrix_transpose(y))
+        if dy is not None:
+            out = out + 2.0 * (xp.sum(y * dy, axis=-1)[..., None, :] - x @ xp.matrix_transpose(dy))
+        return out
 
-class Euclidean(CostFn):
+    def vjp_jvp(self, x, y, w, dx, dy):
+        xp = _xp.namespace(x, y, w)
+        dx = xp.zeros_like(x) if dx is None else dx
+        dy = xp.zeros_like(y) if dy is None else dy
+        return tuple(2.0 * t for t in _weighted_differences(xp, dx, dy, w))
+
+
+class Euclidean(_TranslationInvariant):
     """``c(x, y) = ||x - y||_2``, with a finite (zero) gradient where ``x == y``.
 
     Example:
@@ -105,8 +167,22 @@ class Euclidean(CostFn):
         w = xp.where(pos, g / xp.where(pos, c, xp.ones_like(c)), xp.zeros_like(c))
         return _weighted_differences(xp, x, y, w)
 
+    @staticmethod
+    def _inv_norm(xp, diff):
+        d2 = xp.sum(diff * diff, axis=-1, keepdims=True)
+        pos = d2 > 0
+        return xp.where(pos, 1.0 / xp.sqrt(xp.where(pos, d2, xp.ones_like(d2))), 0.0 * d2)
 
-class PNorm(CostFn):
+    def _grad_phi(self, xp, diff):
+        return diff * self._inv_norm(xp, diff)
+
+    def _hess_phi_v(self, xp, diff, v):
+        inv = self._inv_norm(xp, diff)
+        unit = diff * inv
+        return (v - unit * xp.sum(unit * v, axis=-1, keepdims=True)) * inv
+
+
+class PNorm(_TranslationInvariant):
     """``c(x, y) = ||x - y||_p^p = sum_k |x_k - y_k|^p`` for ``p >= 1``.
 
     This is the ground cost of the Wasserstein-``p`` distance (``PNorm(2)`` equals
@@ -132,15 +208,16 @@ class PNorm(CostFn):
         powered = xp.where(pos, xp.where(pos, diff, xp.ones_like(diff)) ** self.p, 0.0 * diff)
         return xp.sum(powered, axis=-1)
 
-    def vjp(self, x, y, g):
-        xp = _xp.namespace(x, y, g)
-        diff = x[..., :, None, :] - y[..., None, :, :]
+    def _powered_abs(self, xp, diff, power):
         mag = xp.abs(diff)
         pos = mag > 0
-        safe = xp.where(pos, mag, xp.ones_like(mag))
-        deriv = xp.where(pos, self.p * safe ** (self.p - 1.0) * xp.sign(diff), 0.0 * diff)
-        weighted = g[..., None] * deriv
-        return xp.sum(weighted, axis=-2), -xp.sum(weighted, axis=-3)
+        return xp.where(pos, xp.where(pos, mag, xp.ones_like(mag)) ** power, 0.0 * diff)
+
+    def _grad_phi(self, xp, diff):
+        return self.p * self._powered_abs(xp, diff, self.p - 1.0) * xp.sign(diff)
+
+    def _hess_phi_v(self, xp, diff, v):
+        return self.p * (self.p - 1.0) * self._powered_abs(xp, diff, self.p - 2.0) * v
 
     def __repr__(self):
         return f"PNorm(p={self.p})"

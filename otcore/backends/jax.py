@@ -39,13 +39,21 @@ class JaxAdapter(Adapter):
             fz, gz = attach(f_c, g_c, lv)
             _, g_dot = jax.jvp(lambda p: make_system(p, fz, gz).conditions(), (lv,), (lv_dot,))
             system = make_system(lv, fz, gz)
-            rhs = (-system.e1 * g_dot[0], -system.e1 * g_dot[1])
-            z_dot = lax.custom_linear_solve(
-                lambda w: system.matvec(*w),
-                rhs,
-                lambda _mv, b: system.solve(*b),
-                symmetric=True,
-            )
+            n = fz.shape[-1]
+
+            def split(w):
+                return w[..., :n], w[..., n:]
+
+            def matvec(w):
+                return jnp.concatenate(system.matvec(*split(w)), axis=-1)
+
+            def solve(_matvec, rhs):
+                return jnp.concatenate(system.solve(*split(rhs)), axis=-1)
+
+            # one array right-hand side: custom_linear_solve transposes only when every
+            # leaf of it is linear in the tangents (a direction may move only G_a)
+            rhs = -system.e1 * jnp.concatenate(g_dot, axis=-1)
+            z_dot = split(lax.custom_linear_solve(matvec, rhs, solve, symmetric=True))
             return (fz, gz), z_dot
 
         return attach(f, g, leaves)
@@ -59,6 +67,16 @@ class JaxAdapter(Adapter):
 
     def vjp(self, fun, args, kwargs):
         return jax.vjp(lambda *a: fun(*a, **kwargs), *args)
+
+    def hvp(self, fun, argnum, args, kwargs):
+        def grad_at(t):
+            full = (*args[:argnum], t, *args[argnum + 1 :])
+            return jax.grad(lambda *a: fun(*a, **kwargs), argnums=argnum)(*full)
+
+        return jax.jit(lambda v: jax.jvp(grad_at, (args[argnum],), (v,))[1])
+
+    def hessian(self, fun, argnum, args, kwargs):
+        return jax.jit(jax.hessian(lambda *a: fun(*a, **kwargs), argnums=argnum))(*args)
 
     def stop_gradient(self, x):
         return lax.stop_gradient(x)

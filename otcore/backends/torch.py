@@ -55,6 +55,25 @@ class TorchAdapter(Adapter):
         dy = torch.zeros_like(y) if dy is None else dy
         return dx, dy
 
+    def hvp(self, fun, argnum, args, kwargs):
+        x = args[argnum].detach().requires_grad_(True)
+        full = (*args[:argnum], x, *args[argnum + 1 :])
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(fun(*full, **kwargs), x, create_graph=True)
+
+        def product(v):
+            with torch.enable_grad():
+                (hv,) = torch.autograd.grad(g, x, v, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(x) if hv is None else hv.detach()
+
+        return product
+
+    def hessian(self, fun, argnum, args, kwargs):
+        def of_arg(t):
+            return fun(*args[:argnum], t, *args[argnum + 1 :], **kwargs)
+
+        return torch.autograd.functional.hessian(of_arg, args[argnum])
+
     def stop_gradient(self, x):
         return x.detach()
 

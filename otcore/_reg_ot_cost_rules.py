@@ -1,0 +1,184 @@
+"""Manual first- and second-order rules of :func:`otcore.reg_ot_cost` (no-autodiff backends).
+
+``R(θ) = R̃(z*(θ), θ)`` where ``z* = (f, g)`` solves the optimality conditions
+``G(z, θ) = 0`` and ``R̃`` (the dual objective) is stationary in ``z`` at ``z*``:
+
+* gradient: ``∇R = ∂_θ R̃`` (envelope), plus, when ``use_danskin=False``, the implicit
+  term ``(∂_θ G)ᵀ`` pulled back from ``z̄ = ∂_z R̃`` (zero at the exact optimum);
+* Hessian-vector product along ``δθ``: ``∂_θ(∂_θ R̃)[δθ] + ∂_z(∂_θ R̃)[ż]`` with the
+  tangent of the potentials ``ż = -ε S⁻¹ ∂_θ G[δθ]`` from the implicit system (one linear
+  solve per product; analytic, no finite differences).
+"""
+
+from __future__ import annotations
+
+from . import _rules
+from .api import _point_cloud_output, reg_ot_cost
+from .geometry import _expand
+from .implicit import ImplicitDiff, ImplicitSystem
+
+_DEFAULTS = {
+    "cost": "sqeuclidean",
+    "epsilon": None,
+    "tau_a": 1.0,
+    "tau_b": 1.0,
+    "relative_epsilon": None,
+    "scale_cost": 1.0,
+    "batch_size": None,
+}
+
+
+def _solve(args, kwargs):
+    if len(args) > 4:
+        raise TypeError("reg_ot_cost takes at most 4 positional arguments (x, y, a, b)")
+    x, y, a, b = (list(args) + [None] * 4)[:4]
+    out = _point_cloud_output(x, y, a, b, **{**_DEFAULTS, **kwargs})
+    if out.solver.implicit_diff is None:
+        raise NotImplementedError(
+            "unrolled differentiation (implicit_diff=None) needs JAX or PyTorch arrays; on "
+            "NumPy-like arrays use the default ImplicitDiff()"
+        )
+    return (x, y, a, b), out
+
+
+def _system(out):
+    return ImplicitSystem(out.prob, out.f, out.g, out.solver.implicit_diff or ImplicitDiff())
+
+
+def _side(out, side):
+    """``(w, h, tau, other, e)`` of one side; ``e = exp(-h̃/ρ)`` (1 when balanced)."""
+    xp = out.xp
+    if side == "a":
+        w, h, tau, other = out.a, out.f, out.prob.tau_a, out.b
+    else:
+        w, h, tau, other = out.b, out.g, out.prob.tau_b, out.a
+    eps = _expand(out.epsilon, 1)
+    pos = w > 0
+    w_safe = xp.where(pos, w, xp.ones_like(w))
+    h_tilde = xp.where(pos, h, xp.zeros_like(h)) - eps * xp.log(w_safe)
+    e = 1.0 if tau == 1.0 else xp.exp(-h_tilde / _expand(out.prob.rho(tau), 1))
+    return w, h_tilde, tau, other, e
+
+
+def _weight_gradient(out, side):
+    """``∂R̃/∂w``: balanced ``h̃ - ε``; unbalanced ``-ρ(e - 1) - ε e``; plus ``ε Σ other``."""
+    xp = out.xp
+    w, h_tilde, tau, other, e = _side(out, side)
+    eps = _expand(out.epsilon, 1)
+    if tau == 1.0:
+        d = h_tilde - eps
+    else:
+        d = -_expand(out.prob.rho(tau), 1) * (e - 1.0) - eps * e
+    # zero weights: like the autodiff backends (masked terms), only the mass term remains
+    d = xp.where(w > 0, d, xp.zeros_like(d))
+    return d + eps * xp.sum(other, axis=-1)[..., None]
+
+
+def _points_gradients(out, weights):
+    """Pull a scaled-cost cotangent ``weights (..., n, m)`` back to ``(dx, dy)``."""
+    geom = out.geom
+    return geom.cost_fn.vjp(geom.x, geom.y, weights * _expand(geom.inv_scale_cost, 2))
+
+
+def _assemble(xp, inputs, dx, dy, da, db, n_args):
+    x, y, a, b = inputs
+    dx_out = _rules.unbroadcast(xp, dx, x.shape)
+    if y is None:
+        dx_out, dy_out = dx_out + _rules.unbroadcast(xp, dy, x.shape), None
+    else:
+        dy_out = _rules.unbroadcast(xp, dy, y.shape)
+    da_out = None if a is None else _rules.unbroadcast(xp, da, a.shape)
+    db_out = None if b is None else _rules.unbroadcast(xp, db, b.shape)
+    return (dx_out, dy_out, da_out, db_out)[: max(n_args, 1)]
+
+
+@_rules.register(reg_ot_cost)
+def reg_ot_cost_vjp(args, kwargs):
+    """Manual VJP of :func:`~otcore.reg_ot_cost` w.r.t. ``(x, y, a, b)``."""
+    inputs, out = _solve(args, kwargs)
+    return _vjp_from_output(inputs, out, len(args))
+
+
+def _vjp_from_output(inputs, out, n_args):
+    value = out.reg_ot_cost
+    xp = out.xp
+
+    def vjp_fn(ct):
+        ct = xp.asarray(ct, dtype=value.dtype)
+        c2, c1 = ct[..., None, None], ct[..., None]
+        dx, dy = _points_gradients(out, c2 * out.matrix)
+        da = c1 * _weight_gradient(out, "a")
+        db = c1 * _weight_gradient(out, "b")
+        if not out.solver.use_danskin:
+            system = _system(out)
+            zu = xp.where(out.a > 0, system.gamma_a - system.r, xp.zeros_like(system.r))
+            zv = xp.where(out.b > 0, system.gamma_b - system.c, xp.zeros_like(system.c))
+            wu, wv = system.solve(c1 * zu, c1 * zv)
+            pulled = system.pullback(wu, wv)
+            k = len(out.geom._data_leaves())
+            if k == 1:
+                dx = dx + _rules.unbroadcast(xp, pulled[0], dx.shape)
+            else:
+                dx, dy = dx + pulled[0], dy + pulled[1]
+            da, db = da + pulled[-2], db + pulled[-1]
+        return _assemble(xp, inputs, dx, dy, da, db, n_args)
+
+    return value, vjp_fn
+
+
+@_rules.register_hvp(reg_ot_cost)
+def reg_ot_cost_hvp(args, kwargs, argnum: int):
+    """``(gradient, v -> H v)`` of :func:`~otcore.reg_ot_cost` w.r.t. argument ``argnum``."""
+    inputs, out = _solve(args, kwargs)
+    xp = out.xp
+    if getattr(out.reg_ot_cost, "ndim", 0) != 0:
+        raise TypeError("hvp needs a scalar output: pass unbatched inputs")
+    y = inputs[1]
+    _, grad_fn = _vjp_from_output(inputs, out, len(args))
+    gradient = grad_fn(xp.asarray(1.0, dtype=out.f.dtype))[argnum]
+    system = _system(out)
+    geom = out.geom
+    e1 = _expand(out.epsilon, 1)
+    e2 = _expand(out.epsilon, 2)
+    plan = out.matrix
+
+    def potentials_tangent(g_u, g_v):
+        """``ż = -ε S⁻¹ Ġ``."""
+        return system.solve(-e1 * g_u, -e1 * g_v)
+
+    def points_hvp(v):
+        if argnum == 0:
+            dx, dy = v, (v if y is None else None)
+        else:
+            dx, dy = None, v
+        s2 = _expand(geom.inv_scale_cost, 2)
+        c_dot = geom.cost_fn.jvp(geom.x, geom.y, dx, dy) * s2
+        pc = plan * c_dot
+        zf, zg = potentials_tangent(-xp.sum(pc, axis=-1) / e1, -xp.sum(pc, axis=-2) / e1)
+        p_dot = plan * (zf[..., :, None] + zg[..., None, :] - c_dot) / e2
+        hx, hy = geom.cost_fn.vjp(geom.x, geom.y, p_dot * s2)
+        sx, sy = geom.cost_fn.vjp_jvp(geom.x, geom.y, plan * s2, dx, dy)
+        hx, hy = hx + sx, hy + sy
+        if y is None:
+            return hx + hy
+        return hx if argnum == 0 else hy
+
+    def weights_hvp(v, side):
+        w, _, tau, _, e = _side(out, side)
+        pos = w > 0
+        w_safe = xp.where(pos, w, xp.ones_like(w))
+        gamma = system.gamma_a if side == "a" else system.gamma_b
+        g_w = -v if tau == 1.0 else -gamma * v / (tau * w_safe)
+        g_w = xp.where(pos, g_w, xp.zeros_like(g_w))
+        zero = xp.zeros_like(system.c if side == "a" else system.r)
+        zf, zg = potentials_tangent(g_w, zero) if side == "a" else potentials_tangent(zero, g_w)
+        z_side = zf if side == "a" else zg
+        h_dot = z_side - e1 * v / w_safe
+        return xp.where(pos, (e / tau) * h_dot, xp.zeros_like(h_dot))
+
+    def hvp(v):
+        if argnum in (0, 1):
+            return points_hvp(v)
+        return weights_hvp(v, "a" if argnum == 2 else "b")
+
+    return gradient, hvp

@@ -25,21 +25,30 @@ def check_float_array(xp, name: str, x, min_ndim: int = 1):
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
 
 
+def fails(adapter, condition) -> bool:
+    """True when the boolean array ``condition`` is concrete and not all true.
+
+    Inside a trace (``jax.jit``, ``jax.vmap``, ...) the reduction is a tracer even for
+    concrete inputs closed over by the traced function: nothing is checked then.
+    """
+    verdict = adapter.xp.all(condition)
+    return adapter.is_concrete(verdict) and not bool(verdict)
+
+
 def check_finite(adapter, name: str, x):
     """Raise ``ValueError`` if a concrete ``x`` holds NaN or infinite values."""
-    if adapter.is_concrete(x) and not bool(adapter.xp.all(adapter.xp.isfinite(x))):
+    if fails(adapter, adapter.xp.isfinite(x)):
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def check_weights(adapter, name: str, w):
     """Raise ``ValueError`` if concrete weights ``w`` are non-finite, negative or all zero."""
     check_finite(adapter, name, w)
-    if adapter.is_concrete(w):
-        xp = adapter.xp
-        if not bool(xp.all(w >= 0)):
-            raise ValueError(f"{name} must be non-negative, got a negative entry")
-        if not bool(xp.all(xp.sum(w, axis=-1) > 0)):
-            raise ValueError(f"{name} must have positive total mass, got all zeros")
+    xp = adapter.xp
+    if fails(adapter, w >= 0):
+        raise ValueError(f"{name} must be non-negative, got a negative entry")
+    if fails(adapter, xp.sum(w, axis=-1) > 0):
+        raise ValueError(f"{name} must have positive total mass, got all zeros")
 
 
 def check_same_device(names, arrays):

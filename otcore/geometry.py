@@ -71,9 +71,7 @@ class Geometry:
             _xp.namespace(reference, eps, names=["geometry arrays", "epsilon"])
             _checks.check_float_array(self.xp, "epsilon", eps, min_ndim=0)
             _checks.check_same_device(["geometry arrays", "epsilon"], [reference, eps])
-            if self._adapter.is_concrete(eps) and not bool(
-                self.xp.all(self.xp.isfinite(eps) & (eps > 0))
-            ):
+            if _checks.fails(self._adapter, self.xp.isfinite(eps) & (eps > 0)):
                 raise ValueError("epsilon must be positive and finite")
         if isinstance(scale_cost, str):
             if scale_cost not in _SCALE_NAMES:
@@ -208,7 +206,7 @@ class Geometry:
                 return 1.0 / float(self.scale_cost)
             name = {"mean": "mean", "max_cost": "max", "median": "median"}[self.scale_cost]
             stat = self._adapter.stop_gradient(self._raw_statistic(name))
-            if self._adapter.is_concrete(stat) and not bool(self.xp.all(stat > 0)):
+            if _checks.fails(self._adapter, stat > 0):
                 raise ValueError(
                     f"scale_cost={self.scale_cost!r} is zero for this cost; pass a float"
                 )
@@ -243,7 +241,7 @@ class Geometry:
             if not self._needs_eps_stat:
                 return eps
             value = (DEFAULT_EPSILON_SCALE if eps is None else eps) * self._eps_stat
-            if self._adapter.is_concrete(value) and not bool(self.xp.all(value > 0)):
+            if _checks.fails(self._adapter, value > 0):
                 raise ValueError(
                     f"the {self.relative_epsilon or 'std'} of the cost matrix is 0, so the "
                     "relative epsilon is 0; pass an absolute epsilon"

@@ -6,7 +6,7 @@ device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 
 from . import _reg_ot_cost_rules as _reg_ot_cost_rules  # registers the manual rules
 from . import costs
-from .api import reg_ot_cost, solve
+from .api import reg_ot_cost, reg_ot_cost_matrix, solve
 from .autodiff import grad, hessian, hvp, value_and_grad, vjp
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
@@ -33,6 +33,7 @@ __all__ = [
     "hessian",
     "hvp",
     "reg_ot_cost",
+    "reg_ot_cost_matrix",
     "solve",
     "value_and_grad",
     "vjp",

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from . import _rules
-from .api import _point_cloud_output, reg_ot_cost
+from .api import _cost_matrix_output, _point_cloud_output, reg_ot_cost, reg_ot_cost_matrix
 from .geometry import _expand
 from .implicit import ImplicitDiff, ImplicitSystem
 
@@ -33,12 +33,25 @@ def _solve(args, kwargs):
         raise TypeError("reg_ot_cost takes at most 4 positional arguments (x, y, a, b)")
     x, y, a, b = (list(args) + [None] * 4)[:4]
     out = _point_cloud_output(x, y, a, b, **{**_DEFAULTS, **kwargs})
+    _check_modes(out)
+    return (x, y, a, b), out
+
+
+_MATRIX_DEFAULTS = {
+    "epsilon": None,
+    "tau_a": 1.0,
+    "tau_b": 1.0,
+    "relative_epsilon": None,
+    "scale_cost": 1.0,
+}
+
+
+def _check_modes(out):
     if out.solver.implicit_diff is None:
         raise NotImplementedError(
             "unrolled differentiation (implicit_diff=None) needs JAX or PyTorch arrays; on "
             "NumPy-like arrays use the default ImplicitDiff()"
         )
-    return (x, y, a, b), out
 
 
 def _system(out):
@@ -82,6 +95,10 @@ def _points_gradients(out, weights):
 
 def _assemble(xp, inputs, dx, dy, da, db, n_args):
     x, y, a, b = inputs
+    if y == "matrix":  # (C, a, b)
+        da_out = None if a is None else _rules.unbroadcast(xp, da, a.shape)
+        db_out = None if b is None else _rules.unbroadcast(xp, db, b.shape)
+        return (_rules.unbroadcast(xp, dx, x.shape), da_out, db_out)[: max(n_args, 1)]
     dx_out = _rules.unbroadcast(xp, dx, x.shape)
     if y is None:
         dx_out, dy_out = dx_out + _rules.unbroadcast(xp, dy, x.shape), None
@@ -106,7 +123,10 @@ def _vjp_from_output(inputs, out, n_args):
     def vjp_fn(ct):
         ct = xp.asarray(ct, dtype=value.dtype)
         c2, c1 = ct[..., None, None], ct[..., None]
-        dx, dy = _points_gradients(out, c2 * out.matrix)
+        if inputs[1] == "matrix":
+            dx, dy = c2 * out.matrix * _expand(out.geom.inv_scale_cost, 2), None
+        else:
+            dx, dy = _points_gradients(out, c2 * out.matrix)
         da = c1 * _weight_gradient(out, "a")
         db = c1 * _weight_gradient(out, "b")
         if not out.solver.use_danskin:
@@ -117,13 +137,24 @@ def _vjp_from_output(inputs, out, n_args):
             pulled = system.pullback(wu, wv)
             k = len(out.geom._data_leaves())
             if k == 1:
-                dx = dx + _rules.unbroadcast(xp, pulled[0], dx.shape)
+                dx = dx + (pulled[0] if dy is None else _rules.unbroadcast(xp, pulled[0], dx.shape))
             else:
                 dx, dy = dx + pulled[0], dy + pulled[1]
             da, db = da + pulled[-2], db + pulled[-1]
         return _assemble(xp, inputs, dx, dy, da, db, n_args)
 
     return value, vjp_fn
+
+
+@_rules.register(reg_ot_cost_matrix)
+def reg_ot_cost_matrix_vjp(args, kwargs):
+    """Manual VJP of :func:`~otcore.reg_ot_cost_matrix` w.r.t. ``(C, a, b)``."""
+    if len(args) > 3:
+        raise TypeError("reg_ot_cost_matrix takes at most 3 positional arguments (C, a, b)")
+    c, a, b = (list(args) + [None] * 3)[:3]
+    out = _cost_matrix_output(c, a, b, **{**_MATRIX_DEFAULTS, **kwargs})
+    _check_modes(out)
+    return _vjp_from_output((c, "matrix", a, b), out, len(args))
 
 
 @_rules.register_hvp(reg_ot_cost)

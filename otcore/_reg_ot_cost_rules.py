@@ -95,7 +95,7 @@ def _points_gradients(out, weights):
 
 def _assemble(xp, inputs, dx, dy, da, db, n_args):
     x, y, a, b = inputs
-    if y == "matrix":  # (C, a, b)
+    if isinstance(y, str):  # (C, "matrix", a, b)
         da_out = None if a is None else _rules.unbroadcast(xp, da, a.shape)
         db_out = None if b is None else _rules.unbroadcast(xp, db, b.shape)
         return (_rules.unbroadcast(xp, dx, x.shape), da_out, db_out)[: max(n_args, 1)]
@@ -123,7 +123,7 @@ def _vjp_from_output(inputs, out, n_args):
     def vjp_fn(ct):
         ct = xp.asarray(ct, dtype=value.dtype)
         c2, c1 = ct[..., None, None], ct[..., None]
-        if inputs[1] == "matrix":
+        if isinstance(inputs[1], str):  # (C, "matrix", a, b)
             dx, dy = c2 * out.matrix * _expand(out.geom.inv_scale_cost, 2), None
         else:
             dx, dy = _points_gradients(out, c2 * out.matrix)

@@ -263,9 +263,10 @@ class Geometry:
         )
 
     # -- operators used by the solvers ---------------------------------------------
-    def operators(self, eps=None):
-        """Matrix-free operators for regularisation ``eps`` (default: :attr:`epsilon`)."""
-        return _Operators(self, self.epsilon if eps is None else eps)
+    def operators(self, eps=None, kernel: bool = False):
+        """Matrix-free operators for regularisation ``eps`` (default: :attr:`epsilon`);
+        ``kernel=True`` forms ``exp(-C/ε)`` once for kernel-mode products (dense only)."""
+        return _Operators(self, self.epsilon if eps is None else eps, kernel=kernel)
 
     def kernel_matrix(self, eps=None):
         """``K = exp(-C / ε)`` (materialised)."""
@@ -284,13 +285,15 @@ class _Operators:
     ``axis=1`` sums over columns ``j`` (inputs of length ``m``, outputs of length ``n``).
     """
 
-    def __init__(self, geom: Geometry, eps):
+    def __init__(self, geom: Geometry, eps, kernel: bool = False):
         self.geom = geom
         self.eps = eps
         self.xp = geom.xp
         self._lse = geom.adapter.logsumexp
         if not geom.is_online:
             self._dense = geom.cost_matrix / _expand(eps, 2)
+            # formed here, outside any loop: a lazily cached array would leak a tracer
+            self._k = self.xp.exp(-self._dense) if kernel else None
 
     def _blocks(self, axis):
         """Blocks of ``C / ε`` that hold the reduced ``axis`` whole."""
@@ -320,14 +323,9 @@ class _Operators:
         """``K^T s`` (``axis=0``) or ``K s`` (``axis=1``) with ``K = exp(-C/ε)``."""
         xp = self.xp
         if not self.geom.is_online:
-            k = self._cached_kernel()
+            k = self._k if self._k is not None else xp.exp(-self._dense)
             return self._matvec(k, s, axis)
         return self._concat([self._matvec(xp.exp(-ce), s, axis) for ce in self._blocks(axis)])
-
-    def _cached_kernel(self):
-        if not hasattr(self, "_k"):
-            self._k = self.xp.exp(-self._dense)
-        return self._k
 
     def _matvec(self, mat, vec, axis):
         xp = self.xp
@@ -484,11 +482,11 @@ class PointCloud(Geometry):
         if axis == 1:  # split rows
             n = self.x.shape[-2]
             for s in range(0, n, bs):
-                yield self.cost_fn.pairwise(self.x[..., s : s + bs, :], self.y)
+                yield self.cost_fn.pairwise(self.x[..., s : min(s + bs, n), :], self.y)
         else:  # split columns
             m = self.y.shape[-2]
             for s in range(0, m, bs):
-                yield self.cost_fn.pairwise(self.x, self.y[..., s : s + bs, :])
+                yield self.cost_fn.pairwise(self.x, self.y[..., s : min(s + bs, m), :])
 
 
 def _broadcast_shapes(*shapes):

@@ -223,7 +223,7 @@ class _Iteration:
         self.a, self.b = a, b
         self.eps = eps
         self.e1 = _expand(eps, 1)
-        self.ops = geom.operators(eps)
+        self.ops = geom.operators(eps, kernel=not solver.lse_mode)
         self.log_a = _xp.safe_log(self.xp, a)
         self.log_b = _xp.safe_log(self.xp, b)
         self.tau_a, self.tau_b = prob.tau_a, prob.tau_b

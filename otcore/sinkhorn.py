@@ -140,10 +140,24 @@ class Sinkhorn:
         """Number of error checks at most: ``ceil(max_iterations / inner_iterations)``."""
         return math.ceil(self.max_iterations / self.inner_iterations)
 
-    def __call__(self, prob: LinearProblem, init=None) -> SinkhornOutput:
-        """Solve ``prob``; ``init`` is an optional warm start ``(f, g)`` of potentials."""
+    def __call__(self, prob: LinearProblem, init=None, symmetric: bool = False) -> SinkhornOutput:
+        """Solve ``prob``; ``init`` is an optional warm start ``(f, g)`` of potentials.
+
+        ``symmetric=True`` declares a symmetric problem (``C = Cᵀ``, ``a = b``,
+        ``tau_a = tau_b``; the caller guarantees it) and runs the averaged updates
+        ``f <- (f + T(f)) / 2`` on one potential (``g = f``), which converge in fewer
+        iterations (Feydy et al. 2019).
+        """
         if not isinstance(prob, LinearProblem):
             raise TypeError(f"expected a LinearProblem, got {type(prob).__name__}")
+        if symmetric:
+            n, m = prob.geom.shape
+            if n != m or prob.tau_a != prob.tau_b or prob.a.shape != prob.b.shape:
+                raise ValueError(
+                    "symmetric=True needs a square geometry, a and b of one shape and "
+                    f"tau_a == tau_b; got shape {prob.geom.shape}, a {prob.a.shape}, "
+                    f"b {prob.b.shape}, tau ({prob.tau_a}, {prob.tau_b})"
+                )
         adapter = prob.geom.adapter
         sg = adapter.stop_gradient
         unrolled = self.implicit_diff is None
@@ -153,7 +167,8 @@ class Sinkhorn:
             geom, a, b = prob.geom._stop_gradient_copy(), sg(prob.a), sg(prob.b)
         f0, g0 = self._initial_potentials(prob, init)
         f0, g0 = sg(f0), sg(g0)
-        state = _Iteration(self, prob, geom, a, b, geom.epsilon).run(f0, g0, unrolled)
+        iteration = _Iteration(self, prob, geom, a, b, geom.epsilon, symmetric=symmetric)
+        state = iteration.run(f0, g0, unrolled)
         f, g = state["f"], state["g"]
         leaves = (*prob.geom._leaves(), prob.a, prob.b)
         if not unrolled and adapter.is_differentiating(*leaves):
@@ -215,8 +230,9 @@ class Sinkhorn:
 class _Iteration:
     """One solve's loop: state, update step and error, on constant inputs."""
 
-    def __init__(self, solver: Sinkhorn, prob: LinearProblem, geom, a, b, eps):
+    def __init__(self, solver: Sinkhorn, prob: LinearProblem, geom, a, b, eps, symmetric=False):
         self.s = solver
+        self.symmetric = symmetric
         self.prob = prob
         self.xp = geom.xp
         self.ad = geom.adapter
@@ -306,6 +322,10 @@ class _Iteration:
             factor = self.s.epsilon_schedule.factor(t)
             e1, ratio = self.e1 * factor, 1.0 / factor
         lse = self.ops.lse
+        if self.symmetric:  # averaged c-transform of one potential: g = f
+            f_new = e1 * (self.log_b - self.tau_b * lse(f / e1, axis=0, ratio=ratio))
+            f_avg = xp_where_finite_average(self.xp, f, f_new)
+            return f_avg, f_avg
         g_new = e1 * (self.log_b - self.tau_b * lse(f / e1, axis=0, ratio=ratio))
         g_next = self._relax(g, g_new)
         g_use = g if self.s.parallel_dual_updates else g_next
@@ -314,6 +334,10 @@ class _Iteration:
 
     def _kernel_step(self, t, u, v):
         k = self.ops.kernel
+        if self.symmetric:  # geometric average of u and its kernel update: v = u
+            u_new = self.b / _pow(k(u, axis=0), self.tau_b)
+            u_avg = self.xp.sqrt(u * u_new)
+            return u_avg, u_avg
         v_new = self.b / _pow(k(u, axis=0), self.tau_b)
         v_next = self._relax(v, v_new)
         v_use = v if self.s.parallel_dual_updates else v_next
@@ -359,6 +383,11 @@ def marginal_target(xp, w, h, log_w, e1, rho):
     h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * xp.where(pos, log_w, xp.zeros_like(log_w))
     r1 = _expand(rho, 1)
     return xp.where(pos, w * xp.exp(-h_tilde / r1), xp.zeros_like(h_tilde))
+
+
+def xp_where_finite_average(xp, old, new):
+    """``(old + new) / 2``, keeping ``-inf`` (zero weights) where ``new`` is ``-inf``."""
+    return xp.where(xp.isfinite(new), (xp.where(xp.isfinite(old), old, new) + new) / 2.0, new)
 
 
 def _pow(x, tau):

@@ -8,6 +8,7 @@ from . import _reg_ot_cost_rules as _reg_ot_cost_rules  # registers the manual r
 from . import costs
 from .api import reg_ot_cost, reg_ot_cost_matrix, solve
 from .autodiff import grad, hessian, hvp, value_and_grad, vjp
+from .divergence import DivergenceOutput, sinkhorn_divergence, sinkhorn_divergence_costs
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
 from .geometry import Geometry, PointCloud
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceWarning",
+    "DivergenceOutput",
     "EpsilonSchedule",
     "Geometry",
     "ImplicitDiff",
@@ -34,6 +36,8 @@ __all__ = [
     "hvp",
     "reg_ot_cost",
     "reg_ot_cost_matrix",
+    "sinkhorn_divergence",
+    "sinkhorn_divergence_costs",
     "solve",
     "value_and_grad",
     "vjp",

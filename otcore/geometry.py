@@ -83,6 +83,7 @@ class Geometry:
         elif not (0.0 < float(scale_cost) < math.inf):
             raise ValueError(f"scale_cost must be positive and finite, got {scale_cost!r}")
         self.scale_cost = scale_cost
+        self._shared = None  # (ε, inv_scale) imposed by another geometry, see _sharing
         self._cache = {}
 
     def _cached(self, key, compute):
@@ -148,6 +149,14 @@ class Geometry:
         }
         return geom
 
+    def _sharing(self, epsilon, inv_scale_cost):
+        """A copy using the given ε and cost scale (e.g. those of a divergence's x-y problem)."""
+        geom = self._with_leaves(self._data_leaves())
+        geom._epsilon_arg, geom.relative_epsilon = None, None
+        geom._shared = (epsilon, inv_scale_cost)
+        geom._cache = {}
+        return geom
+
     def _stop_gradient_copy(self):
         """A copy whose arrays are constants for autodiff (same ε and scale)."""
         return self._with_leaves(tuple(self._adapter.stop_gradient(v) for v in self._leaves()))
@@ -202,6 +211,8 @@ class Geometry:
         """
 
         def compute():
+            if self._shared is not None:
+                return self._shared[1]
             if not isinstance(self.scale_cost, str):
                 return 1.0 / float(self.scale_cost)
             name = {"mean": "mean", "max_cost": "max", "median": "median"}[self.scale_cost]
@@ -237,6 +248,8 @@ class Geometry:
         """The resolved ε: a float, or an array of shape ``batch_shape`` (or 0-d)."""
 
         def compute():
+            if self._shared is not None:
+                return self._shared[0]
             eps = self._epsilon_arg
             if not self._needs_eps_stat:
                 return eps
@@ -252,6 +265,8 @@ class Geometry:
 
     @property
     def _needs_eps_stat(self) -> bool:
+        if self._shared is not None:
+            return False
         return self._epsilon_arg is None or self.relative_epsilon is not None
 
     @property

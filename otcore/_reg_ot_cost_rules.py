@@ -157,6 +157,79 @@ def reg_ot_cost_matrix_vjp(args, kwargs):
     return _vjp_from_output((c, "matrix", a, b), out, len(args))
 
 
+class JointHVP:
+    """Hessian-vector products of ``reg_ot_cost`` at one solution, in every argument.
+
+    ``__call__(dx, dy, da, db)`` (``None`` for no motion) returns ``(hx, hy, ha, hb)``:
+    the Hessian of ``reg_ot_cost`` w.r.t. (geometry points ``x``, ``y``, weights ``a``,
+    ``b``) applied to that direction. When the geometry's ``y`` is its ``x`` the caller moves
+    both slots and sums ``hx + hy``; ``hx, hy`` are ``None`` for cost-matrix geometries.
+    """
+
+    def __init__(self, out):
+        self.out = out
+        self.xp = out.xp
+        self.system = _system(out)
+        self.plan = out.matrix
+        self.e1 = _expand(out.epsilon, 1)
+        self.e2 = _expand(out.epsilon, 2)
+        self.points = hasattr(out.geom, "cost_fn")
+
+    def _weight_forcing(self, side, v):
+        """``∂G/∂w · δw`` for one side (masked)."""
+        xp, system = self.xp, self.system
+        w, _, tau, _, _ = _side(self.out, side)
+        pos = w > 0
+        w_safe = xp.where(pos, w, xp.ones_like(w))
+        gamma = system.gamma_a if side == "a" else system.gamma_b
+        g_w = -v if tau == 1.0 else -gamma * v / (tau * w_safe)
+        return xp.where(pos, g_w, xp.zeros_like(g_w))
+
+    def _weight_response(self, side, z_side, v):
+        """``d(∂R̃/∂w)`` from the potential's tangent and the own direction ``v``."""
+        xp = self.xp
+        w, _, tau, _, e = _side(self.out, side)
+        pos = w > 0
+        w_safe = xp.where(pos, w, xp.ones_like(w))
+        h_dot = z_side if v is None else z_side - self.e1 * v / w_safe
+        return xp.where(pos, (e / tau) * h_dot, xp.zeros_like(h_dot))
+
+    def __call__(self, dx=None, dy=None, da=None, db=None):
+        xp, out, system, plan = self.xp, self.out, self.system, self.plan
+        geom, e1, e2 = out.geom, self.e1, self.e2
+        g_u = xp.zeros_like(system.r)
+        g_v = xp.zeros_like(system.c)
+        c_dot = 0.0
+        moves_points = self.points and (dx is not None or dy is not None)
+        if moves_points:
+            s2 = _expand(geom.inv_scale_cost, 2)
+            c_dot = geom.cost_fn.jvp(geom.x, geom.y, dx, dy) * s2
+            pc = plan * c_dot
+            g_u = g_u - xp.sum(pc, axis=-1) / e1
+            g_v = g_v - xp.sum(pc, axis=-2) / e1
+        if da is not None:
+            g_u = g_u + self._weight_forcing("a", da)
+        if db is not None:
+            g_v = g_v + self._weight_forcing("b", db)
+        # tangent of the potentials: ż = -ε S⁻¹ Ġ
+        zf, zg = system.solve(-e1 * g_u, -e1 * g_v)
+        hx = hy = None
+        if self.points:
+            s2 = _expand(geom.inv_scale_cost, 2)
+            p_dot = plan * (zf[..., :, None] + zg[..., None, :] - c_dot) / e2
+            hx, hy = geom.cost_fn.vjp(geom.x, geom.y, p_dot * s2)
+            if moves_points:
+                sx, sy = geom.cost_fn.vjp_jvp(geom.x, geom.y, plan * s2, dx, dy)
+                hx, hy = hx + sx, hy + sy
+        ha = self._weight_response("a", zf, da)
+        hb = self._weight_response("b", zg, db)
+        if db is not None:
+            ha = ha + e1 * xp.sum(db, axis=-1, keepdims=True)
+        if da is not None:
+            hb = hb + e1 * xp.sum(da, axis=-1, keepdims=True)
+        return hx, hy, ha, hb
+
+
 @_rules.register_hvp(reg_ot_cost)
 def reg_ot_cost_hvp(args, kwargs, argnum: int):
     """``(gradient, v -> H v)`` of :func:`~otcore.reg_ot_cost` w.r.t. argument ``argnum``."""
@@ -164,52 +237,19 @@ def reg_ot_cost_hvp(args, kwargs, argnum: int):
     xp = out.xp
     if getattr(out.reg_ot_cost, "ndim", 0) != 0:
         raise TypeError("hvp needs a scalar output: pass unbatched inputs")
-    y = inputs[1]
+    shared = inputs[1] is None
     _, grad_fn = _vjp_from_output(inputs, out, len(args))
     gradient = grad_fn(xp.asarray(1.0, dtype=out.f.dtype))[argnum]
-    system = _system(out)
-    geom = out.geom
-    e1 = _expand(out.epsilon, 1)
-    e2 = _expand(out.epsilon, 2)
-    plan = out.matrix
-
-    def potentials_tangent(g_u, g_v):
-        """``ż = -ε S⁻¹ Ġ``."""
-        return system.solve(-e1 * g_u, -e1 * g_v)
-
-    def points_hvp(v):
-        if argnum == 0:
-            dx, dy = v, (v if y is None else None)
-        else:
-            dx, dy = None, v
-        s2 = _expand(geom.inv_scale_cost, 2)
-        c_dot = geom.cost_fn.jvp(geom.x, geom.y, dx, dy) * s2
-        pc = plan * c_dot
-        zf, zg = potentials_tangent(-xp.sum(pc, axis=-1) / e1, -xp.sum(pc, axis=-2) / e1)
-        p_dot = plan * (zf[..., :, None] + zg[..., None, :] - c_dot) / e2
-        hx, hy = geom.cost_fn.vjp(geom.x, geom.y, p_dot * s2)
-        sx, sy = geom.cost_fn.vjp_jvp(geom.x, geom.y, plan * s2, dx, dy)
-        hx, hy = hx + sx, hy + sy
-        if y is None:
-            return hx + hy
-        return hx if argnum == 0 else hy
-
-    def weights_hvp(v, side):
-        w, _, tau, _, e = _side(out, side)
-        pos = w > 0
-        w_safe = xp.where(pos, w, xp.ones_like(w))
-        gamma = system.gamma_a if side == "a" else system.gamma_b
-        g_w = -v if tau == 1.0 else -gamma * v / (tau * w_safe)
-        g_w = xp.where(pos, g_w, xp.zeros_like(g_w))
-        zero = xp.zeros_like(system.c if side == "a" else system.r)
-        zf, zg = potentials_tangent(g_w, zero) if side == "a" else potentials_tangent(zero, g_w)
-        z_side = zf if side == "a" else zg
-        h_dot = z_side - e1 * v / w_safe
-        return xp.where(pos, (e / tau) * h_dot, xp.zeros_like(h_dot))
+    joint = JointHVP(out)
 
     def hvp(v):
-        if argnum in (0, 1):
-            return points_hvp(v)
-        return weights_hvp(v, "a" if argnum == 2 else "b")
+        if argnum == 0:
+            hx, hy, _, _ = joint(dx=v, dy=v if shared else None)
+            return hx + hy if shared else hx
+        if argnum == 1:
+            return joint(dy=v)[1]
+        if argnum == 2:
+            return joint(da=v)[2]
+        return joint(db=v)[3]
 
     return gradient, hvp

@@ -4,7 +4,8 @@ Pass NumPy, JAX, PyTorch or CuPy arrays; results come back as the same type, dty
 device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 """
 
-from . import _reg_ot_cost_rules as _reg_ot_cost_rules  # registers the manual rules
+from . import _divergence_rules as _divergence_rules  # registers the manual rules
+from . import _reg_ot_cost_rules as _reg_ot_cost_rules
 from . import costs
 from .api import reg_ot_cost, reg_ot_cost_matrix, solve
 from .autodiff import grad, hessian, hvp, value_and_grad, vjp

@@ -41,7 +41,7 @@ class ImplicitDiff:
             ``solver(matvec, rhs, **solver_kwargs) -> x`` for the symmetric positive
             semi-definite Schur system ``(..., k)`` (array API code; ``matvec`` maps arrays
             shaped like ``rhs``).
-        solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule; defaults: ``1e-11``
+        solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule; defaults: ``1e-13``
             relative in float64, ``1e-5`` in float32), ``ridge_kernel`` (adds
             ``ridge · k kᵀ`` in balanced problems) and ``ridge_identity`` (adds
             ``ridge · I``). Ridges are not needed: the null space is projected out.

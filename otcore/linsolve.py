@@ -13,7 +13,7 @@ __all__ = ["cg", "default_tolerances", "normal_cg"]
 
 def default_tolerances(dtype_is_64: bool):
     """``(rtol, atol)`` defaults: tight in float64, reachable in float32."""
-    return (1e-11, 0.0) if dtype_is_64 else (1e-5, 0.0)
+    return (1e-13, 0.0) if dtype_is_64 else (1e-5, 0.0)
 
 
 def _dot(xp, u, v):

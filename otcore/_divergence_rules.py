@@ -1,0 +1,109 @@
+"""Manual first- and second-order rules of :func:`otcore.sinkhorn_divergence`.
+
+The divergence is a fixed linear combination of three ``reg_ot_cost`` values and a mass
+term, so its rules combine those of :mod:`otcore._reg_ot_cost_rules`:
+
+``S = OT(x, y; a, b) - OT(x, x; a, a)/2 - OT(y, y; b, b)/2 + ε (Σa - Σb)²/2``.
+
+In a self term both point slots and both weight slots move together.
+"""
+
+from __future__ import annotations
+
+from . import _rules
+from ._reg_ot_cost_rules import JointHVP, _check_modes, _vjp_from_output
+from .divergence import sinkhorn_divergence
+
+
+def _run(args, kwargs):
+    if len(args) > 4:
+        raise TypeError("sinkhorn_divergence takes at most 4 positional arguments (x, y, a, b)")
+    x, y, a, b = (list(args) + [None] * 4)[:4]
+    if x is None or y is None:
+        raise TypeError("sinkhorn_divergence needs both x and y")
+    value, dout = sinkhorn_divergence(x, y, a, b, return_output=True, **kwargs)
+    for out in dout.outputs:
+        if out is not None:
+            _check_modes(out)
+    return (x, y, a, b), value, dout
+
+
+def _add(u, v):
+    if u is None:
+        return v
+    if v is None:
+        return u
+    return u + v
+
+
+@_rules.register(sinkhorn_divergence)
+def sinkhorn_divergence_vjp(args, kwargs):
+    """Manual VJP of :func:`~otcore.sinkhorn_divergence` w.r.t. ``(x, y, a, b)``."""
+    (x, y, a, b), value, dout = _run(args, kwargs)
+    out_xy, out_xx, out_yy = dout.outputs
+    xp = out_xy.xp
+
+    def vjp_fn(ct):
+        ct = xp.asarray(ct, dtype=value.dtype)
+        dx, dy, da, db = _vjp_from_output((x, y, a, b), out_xy, 4)[1](ct)
+        sx, _, sa, sb = _vjp_from_output((x, None, a, a), out_xx, 4)[1](-0.5 * ct)
+        dx = dx + sx
+        da = _add(da, None if a is None else sa + sb)
+        if out_yy is not None:
+            ty, _, ta, tb = _vjp_from_output((y, None, b, b), out_yy, 4)[1](-0.5 * ct)
+            dy = dy + ty
+            db = _add(db, None if b is None else ta + tb)
+        gap = _mass_gap(xp, out_xy)
+        if a is not None:
+            da = da + _rules.unbroadcast(
+                xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * a, a.shape
+            )
+        if b is not None:
+            db = db - _rules.unbroadcast(
+                xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * b, b.shape
+            )
+        return (dx, dy, da, db)[: max(len(args), 1)]
+
+    return value, vjp_fn
+
+
+def _mass_gap(xp, out_xy):
+    return xp.sum(out_xy.a, axis=-1) - xp.sum(out_xy.b, axis=-1)
+
+
+@_rules.register_hvp(sinkhorn_divergence)
+def sinkhorn_divergence_hvp(args, kwargs, argnum: int):
+    """``(gradient, v -> H v)`` of :func:`~otcore.sinkhorn_divergence` w.r.t. ``argnum``."""
+    _, value, dout = _run(args, kwargs)
+    if getattr(value, "ndim", 0) != 0:
+        raise TypeError("hvp needs a scalar output: pass unbatched inputs")
+    out_xy, out_xx, out_yy = dout.outputs
+    xp = out_xy.xp
+    _, grad_fn = sinkhorn_divergence_vjp(args, kwargs)
+    gradient = grad_fn(xp.asarray(1.0, dtype=value.dtype))[argnum]
+    h_xy, h_xx = JointHVP(out_xy), JointHVP(out_xx)
+    h_yy = None if out_yy is None else JointHVP(out_yy)
+    eps = out_xy.epsilon
+
+    def hvp(v):
+        if argnum == 0:
+            hx, _, _, _ = h_xy(dx=v)
+            sx, sy, _, _ = h_xx(dx=v, dy=v)
+            return hx - 0.5 * (sx + sy)
+        if argnum == 1:
+            _, hy, _, _ = h_xy(dy=v)
+            if h_yy is None:
+                return hy
+            sx, sy, _, _ = h_yy(dx=v, dy=v)
+            return hy - 0.5 * (sx + sy)
+        if argnum == 2:
+            ha = h_xy(da=v)[2]
+            _, _, sa, sb = h_xx(da=v, db=v)
+            return ha - 0.5 * (sa + sb) + eps * xp.sum(v) + 0 * v
+        hb = h_xy(db=v)[3]
+        if h_yy is not None:
+            _, _, sa, sb = h_yy(da=v, db=v)
+            hb = hb - 0.5 * (sa + sb)
+        return hb + eps * xp.sum(v) + 0 * v
+
+    return gradient, hvp

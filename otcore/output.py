@@ -65,7 +65,8 @@ class SinkhornOutput:
 
     def _get(self, key, compute):
         if key not in self._cache:
-            self._cache[key] = compute()
+            with self.geom.adapter.full_precision():
+                self._cache[key] = compute()
         return self._cache[key]
 
     @property
@@ -111,7 +112,8 @@ class SinkhornOutput:
                 f"vec must have length {size} on its last axis for axis={axis}, "
                 f"got {getattr(vec, 'shape', type(vec).__name__)}"
             )
-        return self._ops.plan_apply(*self._scaled, vec, axis)
+        with self.geom.adapter.full_precision():
+            return self._ops.plan_apply(*self._scaled, vec, axis)
 
     def marginal(self, axis: int):
         """``Pᵀ1`` (``axis=0``, length m) or ``P1`` (``axis=1``, length n)."""

@@ -150,6 +150,10 @@ class Sinkhorn:
         """
         if not isinstance(prob, LinearProblem):
             raise TypeError(f"expected a LinearProblem, got {type(prob).__name__}")
+        with prob.geom.adapter.full_precision():
+            return self._solve(prob, init, symmetric)
+
+    def _solve(self, prob, init, symmetric):
         if symmetric:
             n, m = prob.geom.shape
             if n != m or prob.tau_a != prob.tau_b or prob.a.shape != prob.b.shape:

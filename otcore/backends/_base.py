@@ -7,6 +7,8 @@ fused ``logsumexp``. NumPy and array_api_strict use this class as is.
 
 from __future__ import annotations
 
+import contextlib
+
 from .. import _xp
 
 
@@ -79,6 +81,10 @@ class Adapter:
         return False
 
     # -- numerics -------------------------------------------------------------
+    def full_precision(self):
+        """Context in which matrix products run in full precision (no TF32 shortcuts)."""
+        return contextlib.nullcontext()
+
     def logsumexp(self, x, axis: int):
         """``log(sum(exp(x), axis))``, ``-inf``-safe (see :func:`otcore._xp.logsumexp`)."""
         return _xp.logsumexp(self.xp, x, axis)

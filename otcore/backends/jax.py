@@ -34,6 +34,10 @@ class JaxAdapter(Adapter):
 
         @attach.defjvp
         def attach_jvp(primals, tangents):
+            with self.full_precision():
+                return _attach_jvp(primals, tangents)
+
+        def _attach_jvp(primals, tangents):
             f_c, g_c, lv = primals
             lv_dot = tangents[2]
             fz, gz = attach(f_c, g_c, lv)
@@ -86,6 +90,11 @@ class JaxAdapter(Adapter):
 
     def is_differentiating(self, *arrays) -> bool:
         return any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
+
+    def full_precision(self):
+        # XLA on GPUs may run float32 matmuls in TF32 by default, which is too coarse for
+        # costs, plans and the implicit linear solve (OTT-JAX's implicit Hessians fail so)
+        return jax.default_matmul_precision("highest")
 
     def logsumexp(self, x, axis: int):
         return jax.nn.logsumexp(x, axis=axis)

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import torch
 
+import contextlib
+
 from ._base import Adapter
+
+
+@contextlib.contextmanager
+def _highest_matmul_precision():
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 class TorchAdapter(Adapter):
@@ -81,6 +93,10 @@ class TorchAdapter(Adapter):
         return torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in arrays if a is not None
         )
+
+    def full_precision(self):
+        # a user's set_float32_matmul_precision("high") enables TF32 on GPUs: too coarse
+        return _highest_matmul_precision()
 
     def logsumexp(self, x, axis: int):
         return torch.logsumexp(x, dim=axis)

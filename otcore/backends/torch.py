@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 import contextlib
+
+import torch
 
 from ._base import Adapter
 

@@ -10,6 +10,7 @@ import array_api_compat
 
 __all__ = [
     "device_of",
+    "divide_potential",
     "is_floating",
     "logsumexp",
     "namespace",
@@ -86,6 +87,16 @@ def where_positive(xp, w, value, fill):
     no ``inf``/``nan`` is produced in the branch that is discarded.
     """
     return xp.where(w > 0, value, fill)
+
+
+def divide_potential(xp, h, scale):
+    """``h / scale`` for a potential ``h`` that is ``-inf`` at zero weights.
+
+    The double ``where`` keeps derivatives w.r.t. ``scale`` (an array ε) finite: a plain
+    ``-inf / ε`` has the derivative ``+inf`` there, and ``inf · 0`` poisons gradients.
+    """
+    finite = xp.isfinite(h)
+    return xp.where(finite, xp.where(finite, h, xp.zeros_like(h)) / scale, h)
 
 
 def safe_log(xp, w):

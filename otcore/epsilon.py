@@ -11,6 +11,7 @@ Units: ε has the units of the cost ``C`` (after ``scale_cost``); the plan is
 
 from __future__ import annotations
 
+import math
 import numbers
 
 __all__ = ["DEFAULT_EPSILON_SCALE", "EpsilonSchedule", "validate_epsilon_args"]
@@ -43,13 +44,16 @@ class EpsilonSchedule:
         self.init = float(init)
         self.decay = float(decay)
 
-    def factor(self, t):
-        """Multiplier of the target ε at iteration ``t`` (a Python int or 0-d array)."""
-        value = self.init * self.decay**t
-        if isinstance(value, numbers.Real):
-            return max(value, 1.0)
-        # array t: keep it an array expression (no host sync)
-        return (value + 1.0 + abs(value - 1.0)) / 2.0
+    def factor(self, t, xp=None, dtype=None):
+        """Multiplier of the target ε at iteration ``t``.
+
+        ``t`` is a Python int, or an integer array with its namespace ``xp`` and the
+        floating ``dtype`` of the result (array expression, no host sync).
+        """
+        if xp is None or isinstance(t, numbers.Integral):
+            return max(self.init * self.decay**t, 1.0)
+        value = self.init * xp.exp(xp.astype(t, dtype) * math.log(self.decay))
+        return xp.where(value > 1.0, value, xp.ones_like(value))
 
     def __repr__(self):
         return f"EpsilonSchedule(init={self.init}, decay={self.decay})"

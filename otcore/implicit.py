@@ -107,7 +107,7 @@ class ImplicitSystem:
         self.eps = eps = geom.epsilon
         self.e1 = e1 = _expand(eps, 1)
         self.ops = geom.operators(eps)
-        self.fe, self.ge = f / e1, g / e1
+        self.fe, self.ge = _xp.divide_potential(xp, f, e1), _xp.divide_potential(xp, g, e1)
         self.apply_p, self.apply_pt = self.ops.plan_operator(self.fe, self.ge)
         self.mask_a = prob.a > 0
         self.mask_b = prob.b > 0

@@ -76,7 +76,11 @@ class SinkhornOutput:
     @property
     def _scaled(self):
         e1 = _expand(self.epsilon, 1)
-        return self._get("scaled", lambda: (self.f / e1, self.g / e1))
+        xp = self.xp
+        return self._get(
+            "scaled",
+            lambda: (_xp.divide_potential(xp, self.f, e1), _xp.divide_potential(xp, self.g, e1)),
+        )
 
     @property
     def _cost_potentials(self):
@@ -167,7 +171,7 @@ class SinkhornOutput:
             xp = self.xp
             f, g = self._cost_potentials
             e1 = _expand(self.epsilon, 1)
-            fe, ge = f / e1, g / e1
+            fe, ge = _xp.divide_potential(xp, f, e1), _xp.divide_potential(xp, g, e1)
             transport_mass = xp.sum(xp.exp(fe + self._ops.lse(ge, axis=1)), axis=-1)
             mass = xp.sum(self.a, axis=-1) * xp.sum(self.b, axis=-1)
             return (
@@ -191,7 +195,13 @@ class SinkhornOutput:
         """Transport cost of the plan, ``<P, C>`` (blockwise in online mode)."""
         e1 = _expand(self.epsilon, 1)
         f, g = self._cost_potentials
-        return self._get("primal", lambda: self._ops.plan_dot_cost(f / e1, g / e1))
+        xp = self.xp
+        return self._get(
+            "primal",
+            lambda: self._ops.plan_dot_cost(
+                _xp.divide_potential(xp, f, e1), _xp.divide_potential(xp, g, e1)
+            ),
+        )
 
     @property
     def ent_reg_cost(self):

@@ -48,7 +48,8 @@ class Sinkhorn:
         momentum: ``None`` or an over-relaxation weight ``w`` in ``(0, 2)``:
             ``f <- (1 - w) f_old + w f_new`` (geometric in kernel mode).
         parallel_dual_updates: update f and g from the previous iterate (Jacobi) instead
-            of g then f (Gauss-Seidel).
+            of g then f (Gauss-Seidel). Jacobi updates need averaging to converge: with
+            ``momentum=None`` they use ``momentum=0.5``.
         epsilon_schedule: ``None`` or :class:`~otcore.EpsilonSchedule` (or a tuple
             ``(init, decay)``) annealing ε towards its target (log-domain only).
         initializer: ``"default"`` (zero potentials, ``-inf`` at zero weights) or a
@@ -111,8 +112,12 @@ class Sinkhorn:
             and 0 < momentum < 2
         ):
             raise ValueError(f"momentum must be None or a number in (0, 2), got {momentum!r}")
-        self.momentum = None if momentum is None else float(momentum)
         self.parallel_dual_updates = bool(parallel_dual_updates)
+        if momentum is None and self.parallel_dual_updates:
+            # Jacobi updates alone split into two interleaved sequences whose limits differ
+            # by a constant (f + c, g - c) in balanced problems: average them
+            momentum = 0.5
+        self.momentum = None if momentum is None else float(momentum)
         if isinstance(epsilon_schedule, tuple):
             epsilon_schedule = EpsilonSchedule(*epsilon_schedule)
         if epsilon_schedule is not None and not isinstance(epsilon_schedule, EpsilonSchedule):
@@ -259,7 +264,8 @@ class _Iteration:
         if s.lse_mode:
             x0, y0 = f0, g0
         else:
-            x0, y0 = xp.exp(f0 / self.e1), xp.exp(g0 / self.e1)
+            x0 = xp.exp(_xp.divide_potential(xp, f0, self.e1))
+            y0 = xp.exp(_xp.divide_potential(xp, g0, self.e1))
         state = {
             "x": x0,
             "y": y0,
@@ -323,17 +329,25 @@ class _Iteration:
         if self.s.epsilon_schedule is None:
             e1, ratio = self.e1, None
         else:
-            factor = self.s.epsilon_schedule.factor(t)
+            factor = self.s.epsilon_schedule.factor(t, self.xp, f.dtype)
             e1, ratio = self.e1 * factor, 1.0 / factor
         lse = self.ops.lse
         if self.symmetric:  # averaged c-transform of one potential: g = f
-            f_new = e1 * (self.log_b - self.tau_b * lse(f / e1, axis=0, ratio=ratio))
+            f_new = e1 * (
+                self.log_b
+                - self.tau_b * lse(_xp.divide_potential(self.xp, f, e1), axis=0, ratio=ratio)
+            )
             f_avg = xp_where_finite_average(self.xp, f, f_new)
             return f_avg, f_avg
-        g_new = e1 * (self.log_b - self.tau_b * lse(f / e1, axis=0, ratio=ratio))
+        g_new = e1 * (
+            self.log_b - self.tau_b * lse(_xp.divide_potential(self.xp, f, e1), axis=0, ratio=ratio)
+        )
         g_next = self._relax(g, g_new)
         g_use = g if self.s.parallel_dual_updates else g_next
-        f_new = e1 * (self.log_a - self.tau_a * lse(g_use / e1, axis=1, ratio=ratio))
+        f_new = e1 * (
+            self.log_a
+            - self.tau_a * lse(_xp.divide_potential(self.xp, g_use, e1), axis=1, ratio=ratio)
+        )
         return self._relax(f, f_new), g_next
 
     def _kernel_step(self, t, u, v):
@@ -353,7 +367,8 @@ class _Iteration:
         """``(P1, Pᵀ1, f, g)`` from the loop variables (target ε)."""
         xp, ops = self.xp, self.ops
         if self.s.lse_mode:
-            fe, ge = x / self.e1, y / self.e1
+            fe = _xp.divide_potential(xp, x, self.e1)
+            ge = _xp.divide_potential(xp, y, self.e1)
             col = xp.exp(ge + ops.lse(fe, axis=0))
             row = xp.exp(fe + ops.lse(ge, axis=1)) if self.check_both else None
             return row, col, x, y

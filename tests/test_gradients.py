@@ -442,15 +442,6 @@ def test_epsilon_gradient_implicit_unrolled_and_finite_differences(backend, case
     assert_rel(results["unrolled"], results["implicit"], 1e-6, "unrolled vs implicit")
 
 
-EPS_ZERO_WEIGHT_BUG = (
-    "bug: the gradient w.r.t. an array ε is NaN when a weight is zero (JAX and torch, "
-    "Danskin, implicit and unrolled): f = -inf there, and the plan's f/ε has derivative "
-    "-f/ε² = +inf in ε, multiplied by P = 0 (output.reg_ot_cost's transport mass, the "
-    "plan, the implicit conditions' jvp)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=EPS_ZERO_WEIGHT_BUG)
 def test_epsilon_gradient_with_zero_weights():
     import torch
 

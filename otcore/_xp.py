@@ -35,10 +35,16 @@ def namespace(*arrays, names=None):
     present = [(i, a) for i, a in enumerate(arrays) if a is not None]
     if not present:
         raise TypeError("at least one array is required")
+    labels = names or [f"argument {i}" for i in range(len(arrays))]
+    for i, a in present:
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(
+                f"{labels[i]} must be an array (NumPy, JAX, PyTorch, CuPy or another array "
+                f"API library), got {type(a).__name__}"
+            )
     try:
         return array_api_compat.array_namespace(*[a for _, a in present])
     except TypeError:
-        labels = names or [f"argument {i}" for i in range(len(arrays))]
         kinds = ", ".join(
             f"{labels[i]}: {type(a).__module__}.{type(a).__name__}" for i, a in present
         )

@@ -70,6 +70,11 @@ class Geometry:
             eps = self._epsilon_arg
             _xp.namespace(reference, eps, names=["geometry arrays", "epsilon"])
             _checks.check_float_array(self.xp, "epsilon", eps, min_ndim=0)
+            if eps.ndim and tuple(eps.shape) != tuple(self.batch_shape):
+                raise ValueError(
+                    f"an array epsilon must be 0-d or have the geometry's batch shape "
+                    f"{tuple(self.batch_shape)}, got shape {tuple(eps.shape)}"
+                )
             _checks.check_same_device(["geometry arrays", "epsilon"], [reference, eps])
             if _checks.fails(self._adapter, self.xp.isfinite(eps) & (eps > 0)):
                 raise ValueError("epsilon must be positive and finite")

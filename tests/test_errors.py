@@ -181,8 +181,10 @@ def test_mixed_float_dtypes(xp, arrays):
 
 
 def test_non_arrays(arrays):
-    with pytest.raises(TypeError, match=r"x: builtins.list"):
+    with pytest.raises(TypeError, match=r"^x must be an array .* got list"):
         ot.PointCloud([[0.0, 1.0]])
+    with pytest.raises(TypeError, match=r"^y must be an array .* got tuple"):
+        ot.PointCloud(arrays["x"], ((0.0, 1.0),))
     with pytest.raises(TypeError, match=r"^geom must be a Geometry or PointCloud"):
         ot.LinearProblem(arrays["C"])
     with pytest.raises(TypeError, match=r"^expected a LinearProblem"):
@@ -378,3 +380,11 @@ def test_apply_with_a_wrong_vector_or_axis(xp, arrays):
             out.apply(xp.to_xp(np.ones(N)), axis=axis)
         with pytest.raises(ValueError, match=r"^axis must be 0 or 1"):
             out.marginal(axis)
+
+
+def test_array_epsilon_shape_must_match_the_batch(arrays):
+    with pytest.raises(ValueError, match=r"array epsilon must be 0-d or have the geometry's batch"):
+        ot.PointCloud(arrays["x"], arrays["y"], epsilon=np.full(1, 0.1))
+    x_batch = np.stack([arrays["x"]] * 3)
+    geom = ot.PointCloud(x_batch, arrays["y"], epsilon=np.full(3, 0.1))
+    assert geom.epsilon.shape == (3,)

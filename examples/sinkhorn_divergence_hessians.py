@@ -70,15 +70,6 @@ DIGITS_QUADRATIC = 4.0
 FAST_XLA = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-CG_NOTE = (
-    "    note: otcore's implicit solve stops its conjugate gradients on a relative tolerance "
-    "only (rtol 1e-13, atol 0 in float64). With use_danskin=False the first backward's "
-    "right-hand side is the marginal error (about the threshold), which CG cannot reduce "
-    "1e13-fold: it iterates on rounding noise up to max_iter, and the implicit Hessians "
-    "carry backend-dependent errors (up to ~1e-7 here). --cg-atol 1e-15 removes them."
-)
-
-
 # -- the seed's problem -------------------------------------------------------------------
 @dataclass
 class Setup:
@@ -124,7 +115,7 @@ def solve_kwargs(mode: str, threshold: float, epsilon, cg_atol: float | None = N
     """Options of the loss: the seed's ``solve_kwargs`` plus a tight threshold and ε.
 
     ``cg_atol``: an absolute tolerance for the conjugate gradients of the implicit solve
-    (otcore's default is relative only, ``rtol = 1e-13``, ``atol = 0`` in float64).
+    (otcore's default: ``rtol = 1e-13``, ``atol = 1e-15`` in float64).
     """
     implicit = ot.ImplicitDiff(solver_kwargs={"atol": cg_atol} if cg_atol else None)
     return {
@@ -778,8 +769,6 @@ def main(argv=None) -> int:
         results.append(result)
         print(format_result(result), flush=True)
     print(format_cross(results))
-    if args.cg_atol is None and len(results) > 1 and args.dtype == "float64":
-        print(CG_NOTE)
     eff = epsilon_effect(setup)
     print(
         "=== why ε is held fixed (NumPy, float64) ===\n"

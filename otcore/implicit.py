@@ -41,8 +41,9 @@ class ImplicitDiff:
             ``solver(matvec, rhs, **solver_kwargs) -> x`` for the symmetric positive
             semi-definite Schur system ``(..., k)`` (array API code; ``matvec`` maps arrays
             shaped like ``rhs``).
-        solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule; defaults: ``1e-13``
-            relative in float64, ``1e-5`` in float32), ``ridge_kernel`` (adds
+        solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule
+            ``|r| <= max(rtol |b|, atol)``; defaults: ``rtol=1e-13, atol=1e-15`` in
+            float64, ``rtol=1e-5, atol=1e-8`` in float32), ``ridge_kernel`` (adds
             ``ridge · k kᵀ`` in balanced problems) and ``ridge_identity`` (adds
             ``ridge · I``). Ridges are not needed: the null space is projected out.
         symmetric: accepted for compatibility with OTT-JAX; otcore's system is always the

@@ -31,11 +31,8 @@ import otcore as ot
 
 THRESHOLD = 1e-9
 FAST_XLA = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-# otcore's CG stops on a relative tolerance only (rtol 1e-13, atol 0); the first backward's
-# right-hand side is the marginal error (~threshold), so CG iterates on rounding noise up to
-# max_iter and the implicit Hessians carry backend-dependent errors of ~1e-7 (see
-# test_default_cg_tolerance_gives_accurate_hessians). An absolute tolerance avoids it.
-IMPLICIT = ot.ImplicitDiff(solver_kwargs={"atol": 1e-15})
+# the default implicit solver (CG with rtol 1e-13 and an absolute floor atol 1e-15 in float64)
+IMPLICIT = ot.ImplicitDiff()
 
 
 def sample(seed: int, n: int = 17, m: int = 15, d: int = 3):
@@ -400,12 +397,6 @@ def test_hvp_matches_hessian(seed_setup, second_order, backend, arg):
     assert max_abs(hv, expected) < 1e-8 * np.max(np.abs(expected))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the implicit solve's CG has atol=0; with use_danskin=False the first "
-    "backward's right-hand side is the marginal error (~threshold), CG runs to max_iter on "
-    "rounding noise, and the torch Hessian is off by ~2e-6 at threshold 1e-12",
-)
 def test_default_cg_tolerance_gives_accurate_hessians(seed_setup):
     torch = pytest.importorskip("torch")
     s = seed_setup

@@ -39,14 +39,19 @@ def vjp(fun, *args, **kwargs):
     adapter = adapter_for(*arrays)
     if adapter.has_autodiff:
         return adapter.vjp(fun, args, kwargs)
-    rule = _rules.RULES.get(fun)
+    return _manual_rule(_rules.RULES, fun, adapter, "derivative")(args, kwargs)
+
+
+def _manual_rule(registry, fun, adapter, kind):
+    """The manual rule of ``fun`` for a backend without autodiff, or a clear TypeError."""
+    rule = registry.get(fun)
     if rule is None:
-        names = ", ".join(sorted(f"otcore.{f.__name__}" for f in _rules.RULES))
+        names = ", ".join(sorted(f"otcore.{f.__name__}" for f in registry))
         raise TypeError(
-            f"no derivative rule for {getattr(fun, '__name__', fun)!r} on {adapter.name} arrays: "
+            f"no {kind} rule for {getattr(fun, '__name__', fun)!r} on {adapter.name} arrays: "
             f"pass one of otcore's entry points directly ({names}), or use JAX/PyTorch arrays"
         )
-    return rule(args, kwargs)
+    return rule
 
 
 def value_and_grad(fun, argnums: int | Sequence[int] = 0):
@@ -138,15 +143,7 @@ def hvp(fun, argnums: int = 0):
         adapter = adapter_for(*_arrays(args))
         if adapter.has_autodiff:
             return adapter.hvp(fun, k, args, kwargs)
-        rule = _rules.HVP_RULES.get(fun)
-        if rule is None:
-            names = ", ".join(sorted(f"otcore.{f.__name__}" for f in _rules.HVP_RULES))
-            raise TypeError(
-                f"no second-order rule for {getattr(fun, '__name__', fun)!r} on {adapter.name} "
-                f"arrays: pass one of otcore's entry points directly ({names}), or use "
-                "JAX/PyTorch arrays"
-            )
-        return rule(args, kwargs, k)[1]
+        return _manual_rule(_rules.HVP_RULES, fun, adapter, "second-order")(args, kwargs, k)[1]
 
     return wrapped
 

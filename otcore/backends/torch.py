@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -99,7 +100,21 @@ class TorchAdapter(Adapter):
         return _highest_matmul_precision()
 
     def logsumexp(self, x, axis: int):
-        return torch.logsumexp(x, dim=axis)
+        if x.device.type != "cpu":
+            return torch.logsumexp(x, dim=axis)
+        # On CPUs torch's exp is 10-25x slower on arguments that underflow, which is most
+        # of a Sinkhorn kernel at small ε: clamp the shifted values just above the
+        # underflow (exp(-78) in float32 changes no sum that holds a 1), then exp.
+        m = torch.amax(x, dim=axis, keepdim=True).detach()  # the shift carries no gradient
+        finite = torch.isfinite(m)
+        shifted = x - torch.where(finite, m, torch.zeros_like(m))
+        floor = 0.9 * math.log(torch.finfo(x.dtype).tiny)
+        if shifted.requires_grad and torch.is_grad_enabled():
+            total = torch.sum(torch.exp(torch.clamp(shifted, min=floor)), dim=axis, keepdim=True)
+        else:
+            total = torch.sum(shifted.clamp_(min=floor).exp_(), dim=axis, keepdim=True)
+        out = torch.where(finite, torch.log(total) + m, m)
+        return torch.squeeze(out, dim=axis)
 
 
 class _ImplicitPotentials(torch.autograd.Function):

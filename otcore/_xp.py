@@ -15,7 +15,6 @@ __all__ = [
     "logsumexp",
     "namespace",
     "safe_log",
-    "where_positive",
 ]
 
 
@@ -84,15 +83,6 @@ def logsumexp(xp, x, axis: int):
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     s = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
     return xp.squeeze(xp.log(s) + m, axis=axis)
-
-
-def where_positive(xp, w, value, fill):
-    """``value`` where ``w > 0`` and ``fill`` elsewhere, with gradients safe at ``w == 0``.
-
-    ``value`` must already be computed from a *safe* input (see :func:`safe_log`), so that
-    no ``inf``/``nan`` is produced in the branch that is discarded.
-    """
-    return xp.where(w > 0, value, fill)
 
 
 def divide_potential(xp, h, scale):

@@ -114,8 +114,8 @@ class ImplicitSystem:
         self.mask_b = prob.b > 0
         self.r = self.apply_p(xp.ones_like(g))
         self.c = self.apply_pt(xp.ones_like(f))
-        self.gamma_a = _target(xp, prob.a, f, e1, prob.rho(prob.tau_a))
-        self.gamma_b = _target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
+        self.gamma_a = marginal_target(xp, prob.a, f, e1, prob.rho(prob.tau_a))
+        self.gamma_b = marginal_target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
         self.diag_a = self.r + _ratio(e1, prob.rho(prob.tau_a)) * self.gamma_a
         self.diag_b = self.c + _ratio(e1, prob.rho(prob.tau_b)) * self.gamma_b
 
@@ -319,7 +319,7 @@ class ImplicitSystem:
         return _rules.unbroadcast(xp, total, leaf.shape)
 
 
-def _target(xp, w, h, e1, rho):
+def marginal_target(xp, w, h, e1, rho):
     """``γ = w exp(-(h - ε log w)/ρ)`` (``w`` when balanced), 0 where ``w == 0``."""
     if isinstance(rho, float) and math.isinf(rho):
         return w

@@ -23,7 +23,7 @@ import numbers
 from . import _checks, _xp
 from .epsilon import EpsilonSchedule
 from .geometry import _expand
-from .implicit import ImplicitDiff, ImplicitSystem
+from .implicit import ImplicitDiff, ImplicitSystem, marginal_target
 from .output import SinkhornOutput
 from .problem import LinearProblem
 
@@ -389,19 +389,9 @@ class _Iteration:
         row, col, f, g = self._marginals(x, y)
         if not self.check_both:
             return self._norm(col - self.b)
-        target_a = marginal_target(self.xp, self.a, f, self.log_a, self.e1, self.rho_a)
-        target_b = marginal_target(self.xp, self.b, g, self.log_b, self.e1, self.rho_b)
+        target_a = marginal_target(self.xp, self.a, f, self.e1, self.rho_a)
+        target_b = marginal_target(self.xp, self.b, g, self.e1, self.rho_b)
         return self._norm(row - target_a) + self._norm(col - target_b)
-
-
-def marginal_target(xp, w, h, log_w, e1, rho):
-    """``γ = w * exp(-(h - ε log w) / ρ)``: the fixed-point marginal (``w`` if balanced)."""
-    if isinstance(rho, float) and math.isinf(rho):
-        return w
-    pos = w > 0
-    h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * xp.where(pos, log_w, xp.zeros_like(log_w))
-    r1 = _expand(rho, 1)
-    return xp.where(pos, w * xp.exp(-h_tilde / r1), xp.zeros_like(h_tilde))
 
 
 def xp_where_finite_average(xp, old, new):

@@ -132,13 +132,7 @@ def sinkhorn_divergence(
         lambda: self_geometry(y),
         a,
         b,
-        tau_a,
-        tau_b,
-        static_b,
-        offset_static_b,
-        symmetric_sinkhorn,
-        return_output,
-        solve_kwargs,
+        **_options(locals()),
     )
 
 
@@ -186,13 +180,7 @@ def sinkhorn_divergence_costs(
         lambda: self_geometry(cost_yy),
         a,
         b,
-        tau_a,
-        tau_b,
-        static_b,
-        offset_static_b,
-        symmetric_sinkhorn,
-        return_output,
-        solve_kwargs,
+        **_options(locals()),
     )
 
 
@@ -202,17 +190,34 @@ def _as_geometry(c, epsilon, relative_epsilon, scale_cost):
     return Geometry(c, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost)
 
 
+_OPTIONS = (
+    "tau_a",
+    "tau_b",
+    "static_b",
+    "offset_static_b",
+    "symmetric_sinkhorn",
+    "return_output",
+    "solve_kwargs",
+)
+
+
+def _options(scope):
+    """The options shared by the public divergence functions, from their arguments."""
+    return {k: scope[k] for k in _OPTIONS}
+
+
 def _divergence(
     geom_xy,
     make_xx,
     make_yy,
     a,
     b,
+    *,
     tau_a,
     tau_b,
     static_b,
     offset_static_b,
-    symmetric,
+    symmetric_sinkhorn,
     return_output,
     solve_kwargs,
 ):
@@ -222,11 +227,13 @@ def _divergence(
     prob_xy = LinearProblem(geom_xy, a, b, tau_a=tau_a, tau_b=tau_b)
     a, b = prob_xy.a, prob_xy.b
     out_xy = solver(prob_xy)
-    out_xx = solver(LinearProblem(make_xx(), a, a, tau_a=tau_a, tau_b=tau_a), symmetric=symmetric)
+    out_xx = solver(
+        LinearProblem(make_xx(), a, a, tau_a=tau_a, tau_b=tau_a), symmetric=symmetric_sinkhorn
+    )
     out_yy = None
     if not static_b:
         out_yy = solver(
-            LinearProblem(make_yy(), b, b, tau_a=tau_b, tau_b=tau_b), symmetric=symmetric
+            LinearProblem(make_yy(), b, b, tau_a=tau_b, tau_b=tau_b), symmetric=symmetric_sinkhorn
         )
     outputs = (out_xy, out_xx, out_yy)
     for out in outputs:

@@ -4,15 +4,18 @@ Pass NumPy, JAX, PyTorch or CuPy arrays; results come back as the same type, dty
 device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 """
 
-from . import _divergence_rules as _divergence_rules  # registers the manual rules
+from . import _barycenter_rules as _barycenter_rules  # registers the manual rules
+from . import _divergence_rules as _divergence_rules
 from . import _reg_ot_cost_rules as _reg_ot_cost_rules
-from . import costs
+from . import costs, neural
 from .api import reg_ot_cost, reg_ot_cost_matrix, solve
 from .autodiff import grad, hessian, hvp, value_and_grad, vjp
+from .barycenter import BarycenterOutput, barycenter
 from .divergence import DivergenceOutput, sinkhorn_divergence, sinkhorn_divergence_costs
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
 from .geometry import Geometry, PointCloud
+from .grid import Grid
 from .implicit import ImplicitDiff
 from .output import SinkhornOutput
 from .problem import LinearProblem
@@ -21,20 +24,24 @@ from .sinkhorn import Sinkhorn
 __version__ = "0.1.0"
 
 __all__ = [
+    "BarycenterOutput",
     "ConvergenceWarning",
     "DivergenceOutput",
     "EpsilonSchedule",
     "Geometry",
+    "Grid",
     "ImplicitDiff",
     "LinearProblem",
     "NonFiniteIterationError",
     "PointCloud",
     "Sinkhorn",
     "SinkhornOutput",
+    "barycenter",
     "costs",
     "grad",
     "hessian",
     "hvp",
+    "neural",
     "reg_ot_cost",
     "reg_ot_cost_matrix",
     "sinkhorn_divergence",

@@ -82,7 +82,9 @@ def logsumexp(xp, x, axis: int):
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     s = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
-    return xp.squeeze(xp.log(s) + m, axis=axis)
+    pos = s > 0  # a slice of only -inf sums to 0: its log is -inf, without a warning
+    out = xp.where(pos, xp.log(xp.where(pos, s, xp.ones_like(s))) + m, -xp.inf)
+    return xp.squeeze(out, axis=axis)
 
 
 def divide_potential(xp, h, scale):

@@ -66,6 +66,42 @@ class JaxAdapter(Adapter):
 
         return attach(f, g, leaves)
 
+    def fixed_point_output(self, step, z, value, leaves, rtol, max_iter):
+        """``value`` (the output ``step(z, leaves)[1]`` of a solve that stopped at ``z``,
+        a constant) with the reverse rule of the fixed point ``z = step(z, leaves)[0]``:
+        the adjoint of ``step`` in ``z`` is iterated from 0 until it stops changing
+        (relative ``rtol``), then pulled back to ``leaves`` once (first order)."""
+        z = tuple(lax.stop_gradient(v) for v in z)
+        value = lax.stop_gradient(value)
+
+        @jax.custom_vjp
+        def output(z, value, lv):
+            return value
+
+        def fwd(z, value, lv):
+            return value, (z, value, lv)
+
+        def bwd(res, o_bar):
+            z, value, lv = res
+            _, pull = jax.vjp(step, z, lv)
+
+            def body(carry):
+                lam, _, i = carry
+                new = pull((lam, o_bar))[0]
+                change = sum(jnp.sum((u - v) ** 2) for u, v in zip(new, lam))
+                size = sum(jnp.sum(u * u) for u in new)
+                return new, change > (rtol * rtol) * size, i + 1
+
+            lam0 = tuple(jnp.zeros_like(v) for v in z)
+            lam, _, _ = lax.while_loop(
+                lambda c: c[1] & (c[2] < max_iter), body, (lam0, jnp.asarray(True), 0)
+            )
+            lv_bar = pull((lam, o_bar))[1]
+            return tuple(jnp.zeros_like(v) for v in z), jnp.zeros_like(value), lv_bar
+
+        output.defvjp(fwd, bwd)
+        return output(z, value, tuple(leaves))
+
     def fori_loop(self, n: int, body, state):
         if n == 1:
             return body(0, state)

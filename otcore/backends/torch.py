@@ -54,6 +54,11 @@ class TorchAdapter(Adapter):
     def implicit_potentials(self, make_system, f, g, leaves):
         return _ImplicitPotentials.apply(make_system, f, g, *leaves)
 
+    def fixed_point_output(self, step, z, value, leaves, rtol, max_iter):
+        """See :meth:`otcore.backends.jax.JaxAdapter.fixed_point_output` (first order)."""
+        z = tuple(v.detach() for v in z)
+        return _FixedPointOutput.apply(step, rtol, max_iter, len(z), value.detach(), *z, *leaves)
+
     def cost_vjp(self, cost_fn, x, y, g):
         create = torch.is_grad_enabled()
 
@@ -141,3 +146,40 @@ class _ImplicitPotentials(torch.autograd.Function):
         wu, wv = system.solve(f_bar, g_bar)
         grads = system.pullback(wu, wv)
         return (None, None, None, *grads)
+
+
+class _FixedPointOutput(torch.autograd.Function):
+    """``step(z, leaves)[1]`` at a fixed point ``z``; backward = the fixed-point adjoint."""
+
+    @staticmethod
+    def forward(ctx, step, rtol, max_iter, n_z, value, *tensors):
+        ctx.step, ctx.rtol, ctx.max_iter, ctx.n_z = step, rtol, max_iter, n_z
+        ctx.save_for_backward(*tensors)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, o_bar):
+        tensors = ctx.saved_tensors
+        n_z = ctx.n_z
+        with torch.enable_grad():
+            z = [t.detach().requires_grad_(True) for t in tensors[:n_z]]
+            leaves = [t.detach().requires_grad_(True) for t in tensors[n_z:]]
+            z_new, out = ctx.step(tuple(z), tuple(leaves))
+            outputs = (*z_new, out)
+            lam = [torch.zeros_like(v) for v in z]
+            for i in range(ctx.max_iter):
+                new = torch.autograd.grad(outputs, z, (*lam, o_bar), retain_graph=True)
+                if i % 10 == 9 or i == ctx.max_iter - 1:
+                    change = sum(torch.sum((u - v) ** 2) for u, v in zip(new, lam))
+                    size = sum(torch.sum(u * u) for u in new)
+                    lam = list(new)
+                    if bool(change <= ctx.rtol**2 * size):
+                        break
+                else:
+                    lam = list(new)
+            grads = torch.autograd.grad(outputs, leaves, (*lam, o_bar), allow_unused=True)
+        grads = [
+            None if not need else (torch.zeros_like(t) if g is None else g)
+            for g, t, need in zip(grads, leaves, ctx.needs_input_grad[5 + n_z :])
+        ]
+        return (None, None, None, None, None, *([None] * n_z), *grads)

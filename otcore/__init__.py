@@ -42,6 +42,7 @@ __all__ = [
     "hessian",
     "hvp",
     "neural",
+    "neural",
     "reg_ot_cost",
     "reg_ot_cost_matrix",
     "sinkhorn_divergence",

@@ -42,7 +42,6 @@ __all__ = [
     "hessian",
     "hvp",
     "neural",
-    "neural",
     "reg_ot_cost",
     "reg_ot_cost_matrix",
     "sinkhorn_divergence",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import array_api_compat
+
 from . import _rules, _xp
 from .backends import adapter_for
 
@@ -18,7 +20,7 @@ __all__ = ["grad", "value_and_grad", "vjp"]
 
 
 def _arrays(args):
-    return [a for a in args if a is not None and hasattr(a, "shape")]
+    return [a for a in args if a is not None and array_api_compat.is_array_api_obj(a)]
 
 
 def vjp(fun, *args, **kwargs):

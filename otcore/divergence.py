@@ -156,6 +156,9 @@ def sinkhorn_divergence_costs(
 ):
     """Sinkhorn divergence from three cost matrices (or geometries) ``C_xy``, ``C_xx``, ``C_yy``.
 
+    Histograms on one :class:`~otcore.Grid` pass the grid three times:
+    ``sinkhorn_divergence_costs(grid, grid, grid, a, b)``.
+
     ``C_xx`` and ``C_yy`` must be symmetric. ε and ``scale_cost`` of the ``x``-``y``
     geometry are shared by the three solves (geometries passed in keep only their cost).
     ``cost_yy`` may be ``None`` with ``static_b``. Other arguments as in
@@ -167,10 +170,12 @@ def sinkhorn_divergence_costs(
         >>> float(ot.sinkhorn_divergence_costs(C, C, C, epsilon=0.1))
         0.0
     """
-    geom_xy = _as_geometry(cost_xy, epsilon, relative_epsilon, scale_cost)
+    weights = a if a is not None else b
+    geom_xy = _as_geometry(cost_xy, epsilon, relative_epsilon, scale_cost, weights)
 
     def self_geometry(c):
-        return _as_geometry(c, 1.0, None, 1.0)._sharing(geom_xy.epsilon, geom_xy.inv_scale_cost)
+        geom = _as_geometry(c, 1.0, None, 1.0, weights)
+        return geom._sharing(geom_xy.epsilon, geom_xy.inv_scale_cost)
 
     if cost_yy is None and not static_b:
         raise ValueError("cost_yy is required unless static_b=True")
@@ -184,9 +189,11 @@ def sinkhorn_divergence_costs(
     )
 
 
-def _as_geometry(c, epsilon, relative_epsilon, scale_cost):
+def _as_geometry(c, epsilon, relative_epsilon, scale_cost, weights=None):
     if isinstance(c, Geometry):
-        return c
+        # a Grid made from a shape takes the weights' namespace, dtype and device
+        bind = getattr(c, "_bound_to", None)
+        return c if bind is None or weights is None else bind(weights)
     return Geometry(c, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost)
 
 

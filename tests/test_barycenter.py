@@ -256,7 +256,7 @@ def test_implicit_gradients_equal_unrolled_at_convergence(xp):
     kw = dict(epsilon=0.02, threshold=1e-13, max_iterations=5000)
     _, unrolled = _numpy_vjp(A, C, w, **kw)
     args = [xp.to_xp(v) for v in (A, C, w)]
-    b, pull = ot.vjp(ot.barycenter, *args, implicit_diff=ot.ImplicitDiff(), **kw)
+    _, pull = ot.vjp(ot.barycenter, *args, implicit_diff=ot.ImplicitDiff(), **kw)
     implicit = pull(xp.to_xp(_COT))
     for g, gi in zip(unrolled, implicit):
         np.testing.assert_allclose(to_numpy(gi), g, rtol=0, atol=1e-9 * np.abs(g).max())

@@ -11,6 +11,7 @@ from . import costs, neural
 from .api import reg_ot_cost, reg_ot_cost_matrix, solve
 from .autodiff import grad, hessian, hvp, value_and_grad, vjp
 from .barycenter import BarycenterOutput, barycenter
+from .dictionary import WassersteinDictionary
 from .divergence import DivergenceOutput, sinkhorn_divergence, sinkhorn_divergence_costs
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
@@ -36,6 +37,7 @@ __all__ = [
     "PointCloud",
     "Sinkhorn",
     "SinkhornOutput",
+    "WassersteinDictionary",
     "barycenter",
     "costs",
     "grad",

@@ -40,12 +40,26 @@ class _StepAdjoint:
         self.xp = ibp.xp
         self.ops = ibp.ops
         self.need_cost = need_cost
+        # kernel mode: the softmax weights are applied with two kernel products instead
+        # of exponentiating an n×m matrix (the forward pass already relies on K)
+        self._apply = self.ops.plan_apply if ibp.opts.lse_mode else self._kernel_apply
+        self._lse = self.ops.lse if ibp.opts.lse_mode else self._kernel_lse
+
+    def _kernel_lse(self, u, axis):
+        return self.xp.log(self.ops.kernel(self.xp.exp(u), axis=axis))
+
+    def _kernel_apply(self, fe, ge, vec, axis):
+        """``plan_apply`` as ``e^fe ⊙ K(e^ge ⊙ vec)`` (``axis=1``) or its transpose."""
+        xp, kern = self.xp, self.ops.kernel
+        if axis == 1:
+            return xp.exp(fe) * kern(xp.exp(ge) * vec, axis=1)
+        return xp.exp(ge) * kern(xp.exp(fe) * vec, axis=0)
 
     def __call__(self, gam, eta, gam_bar, eta_bar, lb_bar_ext, acc):
         """``(γ̄, η̄)``; adds to ``acc["log_a"] (..., k, n)``, ``acc["w"] (..., k)`` and
         ``acc["C"] (n, m)`` (the latter cotangent is w.r.t. ``Ĉ``)."""
         xp, ops, ibp = self.xp, self.ops, self.ibp
-        lse = ops.lse
+        lse = self._lse
         debiased = ibp.opts.debiased
         s1 = lse(gam, axis=1)
         phi = ibp.log_a - s1
@@ -55,15 +69,15 @@ class _StepAdjoint:
             lb_bar = lb_bar + 0.5 * eta_bar
         acc["w"] = acc["w"] + xp.sum(lb_bar[..., None, :] * s2, axis=-1)
         s2_bar = ibp.w[..., :, None] * lb_bar[..., None, :] - gam_bar
-        phi_bar = ops.plan_apply(phi, -s2, s2_bar, axis=1)
+        phi_bar = self._apply(phi, -s2, s2_bar, axis=1)
         phi_bar = xp.where(xp.isfinite(phi), phi_bar, xp.zeros_like(phi_bar))
         acc["log_a"] = acc["log_a"] + phi_bar
         s1_bar = -phi_bar
-        gam_prev_bar = ops.plan_apply(-s1, gam, s1_bar, axis=0)
+        gam_prev_bar = self._apply(-s1, gam, s1_bar, axis=0)
         if debiased:
             s3 = lse(eta, axis=0)
             s3_bar = -0.5 * eta_bar
-            eta_prev_bar = 0.5 * eta_bar + lb_bar + ops.plan_apply(eta, -s3, s3_bar, axis=1)
+            eta_prev_bar = 0.5 * eta_bar + lb_bar + self._apply(eta, -s3, s3_bar, axis=1)
         else:
             eta_prev_bar = xp.zeros_like(eta_bar)
         if self.need_cost:

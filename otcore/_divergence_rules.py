@@ -10,9 +10,12 @@ In a self term both point slots and both weight slots move together.
 
 from __future__ import annotations
 
+import array_api_compat
+
 from . import _rules
-from ._reg_ot_cost_rules import JointHVP, _check_modes, _vjp_from_output
-from .divergence import sinkhorn_divergence
+from ._reg_ot_cost_rules import JointHVP, _check_modes, _vjp_from_output, _weight_gradient
+from .divergence import sinkhorn_divergence, sinkhorn_divergence_costs
+from .geometry import _expand
 
 
 def _run(args, kwargs):
@@ -63,6 +66,60 @@ def sinkhorn_divergence_vjp(args, kwargs):
                 xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * b, b.shape
             )
         return (dx, dy, da, db)[: max(len(args), 1)]
+
+    return value, vjp_fn
+
+
+@_rules.register(sinkhorn_divergence_costs)
+def sinkhorn_divergence_costs_vjp(args, kwargs):
+    """Manual VJP of :func:`~otcore.sinkhorn_divergence_costs` w.r.t. the weights ``a``,
+    ``b`` and cost matrices given as arrays (geometries, e.g. a Grid, get ``None``).
+
+    Envelope (Danskin) gradients: the divergence's solves use ``use_danskin=True``.
+    """
+    if len(args) > 5:
+        raise TypeError(
+            "sinkhorn_divergence_costs takes at most 5 positional arguments "
+            "(cost_xy, cost_xx, cost_yy, a, b)"
+        )
+    costs_and_weights = (list(args) + [None] * 5)[:5]
+    a, b = costs_and_weights[3], costs_and_weights[4]
+    value, dout = sinkhorn_divergence_costs(*costs_and_weights, return_output=True, **kwargs)
+    for out in dout.outputs:
+        if out is not None:
+            _check_modes(out)
+            if not out.solver.use_danskin:
+                raise NotImplementedError(
+                    "the NumPy rule of sinkhorn_divergence_costs uses envelope gradients: "
+                    "leave use_danskin at its default"
+                )
+    out_xy, out_xx, out_yy = dout.outputs
+    xp = out_xy.xp
+
+    def cost_bar(c, out, ct):
+        if c is None or not array_api_compat.is_array_api_obj(c):
+            return None  # a geometry: no cotangent
+        scale = _expand(out.geom.inv_scale_cost, 2)
+        return _rules.unbroadcast(xp, ct[..., None, None] * out.matrix * scale, c.shape)
+
+    def vjp_fn(ct):
+        ct = xp.asarray(ct, dtype=value.dtype)
+        c1 = ct[..., None]
+        gap = _mass_gap(xp, out_xy)
+        da = c1 * _weight_gradient(out_xy, "a") + (ct * out_xy.epsilon * gap)[..., None]
+        db = c1 * _weight_gradient(out_xy, "b") - (ct * out_xy.epsilon * gap)[..., None]
+        half = -0.5 * c1
+        da = da + half * (_weight_gradient(out_xx, "a") + _weight_gradient(out_xx, "b"))
+        if out_yy is not None:
+            db = db + half * (_weight_gradient(out_yy, "a") + _weight_gradient(out_yy, "b"))
+        grads = [
+            cost_bar(costs_and_weights[0], out_xy, ct),
+            cost_bar(costs_and_weights[1], out_xx, -0.5 * ct),
+            None if out_yy is None else cost_bar(costs_and_weights[2], out_yy, -0.5 * ct),
+            None if a is None else _rules.unbroadcast(xp, da, a.shape),
+            None if b is None else _rules.unbroadcast(xp, db, b.shape),
+        ]
+        return tuple(grads[: len(args)])
 
     return value, vjp_fn
 

@@ -48,6 +48,10 @@ class Adapter:
             state = body(i, state)
         return state
 
+    def jit(self, fun):
+        """``fun`` compiled for repeated calls (``jax.jit``); the identity elsewhere."""
+        return fun
+
     # -- differentiation helpers -------------------------------------------------
     has_autodiff = False
 

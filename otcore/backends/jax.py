@@ -102,6 +102,9 @@ class JaxAdapter(Adapter):
         output.defvjp(fwd, bwd)
         return output(z, value, tuple(leaves))
 
+    def jit(self, fun):
+        return jax.jit(fun)
+
     def fori_loop(self, n: int, body, state):
         if n == 1:
             return body(0, state)

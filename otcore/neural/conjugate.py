@@ -185,17 +185,17 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
         q = g
         alphas = []
         for i in range(m - 1, -1, -1):
-            a = rho[i] * _rowdot(xp, s_hist[i], q)
-            q = q - a[:, None] * y_hist[i]
+            a = rho[i, ...] * _rowdot(xp, s_hist[i, ...], q)
+            q = q - a[:, None] * y_hist[i, ...]
             alphas.append(a)
-        sy = _rowdot(xp, s_hist[m - 1], y_hist[m - 1])
-        yy = _rowdot(xp, y_hist[m - 1], y_hist[m - 1])
-        has = rho[m - 1] > 0
+        sy = _rowdot(xp, s_hist[m - 1, ...], y_hist[m - 1, ...])
+        yy = _rowdot(xp, y_hist[m - 1, ...], y_hist[m - 1, ...])
+        has = rho[m - 1, ...] > 0
         gamma = xp.where(has, sy / xp.where(has, yy, xp.ones_like(yy)), xp.ones_like(yy))
         r = gamma[:, None] * q
         for i in range(m):
-            b = rho[i] * _rowdot(xp, y_hist[i], r)
-            r = r + s_hist[i] * (alphas[m - 1 - i] - b)[:, None]
+            b = rho[i, ...] * _rowdot(xp, y_hist[i, ...], r)
+            r = r + s_hist[i, ...] * (alphas[m - 1 - i] - b)[:, None]
         p = -r
         # fall back to steepest descent where the quasi-Newton direction is not descent
         ok = (_rowdot(xp, p, g) < 0) & xp.all(xp.isfinite(p), axis=-1)
@@ -261,9 +261,13 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
         sy = _rowdot(xp, s_vec, y_vec)
         good = move & (sy > 1e-10 * xp.sqrt(_rowdot(xp, s_vec, s_vec) * _rowdot(xp, y_vec, y_vec)))
         new_rho = xp.where(good, 1.0 / xp.where(good, sy, xp.ones_like(sy)), xp.zeros_like(sy))
-        s_hist = xp.concat([s_hist[1:], xp.where(good[:, None], s_vec, 0.0 * s_vec)[None]], axis=0)
-        y_hist = xp.concat([y_hist[1:], xp.where(good[:, None], y_vec, 0.0 * y_vec)[None]], axis=0)
-        rho = xp.concat([rho[1:], new_rho[None]], axis=0)
+        s_hist = xp.concat(
+            [s_hist[1:, ...], xp.where(good[:, None], s_vec, 0.0 * s_vec)[None, ...]], axis=0
+        )
+        y_hist = xp.concat(
+            [y_hist[1:, ...], xp.where(good[:, None], y_vec, 0.0 * y_vec)[None, ...]], axis=0
+        )
+        rho = xp.concat([rho[1:, ...], new_rho[None, ...]], axis=0)
         step = xp.where(move, t, step)
         done = done | (xp.sqrt(_rowdot(xp, g_new, g_new)) <= cfg.gtol) | xp.logical_not(move)
         return x_new, h_new, g_new, s_hist, y_hist, rho, step, done, k + 1

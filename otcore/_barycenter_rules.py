@@ -25,8 +25,11 @@ Two reverse passes use it:
 
 from __future__ import annotations
 
+import warnings
+
 from . import _rules, _xp
 from .barycenter import _IBP, _Options, _prepare, barycenter
+from .errors import ConvergenceWarning
 from .geometry import Geometry
 
 __all__ = ["implicit_barycenter"]
@@ -159,9 +162,16 @@ def _reverse_fixed_point(ibp, gam, eta, lb_bar, need_cost, rtol, max_iter):
 
 
 def _rule_inputs(args, kwargs):
+    """``(A, C_or_geometry, weights)`` from positional or keyword arguments (popped)."""
+    if len(args) > 3:
+        raise TypeError(
+            "barycenter takes at most 3 positional arguments (A, C_or_geometry, weights)"
+        )
     A = args[0]
-    cg = args[1] if len(args) > 1 else kwargs.get("C_or_geometry")
-    weights = args[2] if len(args) > 2 else kwargs.get("weights")
+    cg = args[1] if len(args) > 1 else kwargs.pop("C_or_geometry", None)
+    weights = args[2] if len(args) > 2 else kwargs.pop("weights", None)
+    if cg is None:
+        raise TypeError("barycenter needs C_or_geometry")
     return A, cg, weights
 
 
@@ -182,6 +192,9 @@ def _barycenter_rule(args, kwargs):
         kwargs.pop("max_iterations", 2000),
     )
     geom, A, w = _prepare(A, cg, weights, kwargs.pop("epsilon", None), opts.debiased)
+    kwargs.pop("return_output", None)
+    if kwargs:
+        raise TypeError(f"barycenter got unexpected keyword arguments {sorted(kwargs)}")
     cost_is_array = not isinstance(cg, Geometry)
     ibp = _IBP(geom, A, w, opts)
     history = [] if implicit_diff is None else None
@@ -199,7 +212,17 @@ def _barycenter_rule(args, kwargs):
             else:
                 gam, eta = ibp.to_log(state["y"], state["z"])
                 rtol, max_iter = _adjoint_tolerances(implicit_diff, b.dtype, ibp.xp)
-                acc, _ = _reverse_fixed_point(ibp, gam, eta, lb_bar, cost_is_array, rtol, max_iter)
+                acc, converged = _reverse_fixed_point(
+                    ibp, gam, eta, lb_bar, cost_is_array, rtol, max_iter
+                )
+                if not converged:
+                    warnings.warn(
+                        f"the barycenter's fixed-point adjoint did not reach rtol={rtol} in "
+                        f"{max_iter} iterations (solver_kwargs 'rtol'/'max_iter'); is the "
+                        "forward solve converged?",
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
             a_bar, w_bar, c_bar = _parameter_cotangents(ibp, A, acc)
         if weights is None:
             w_bar = None

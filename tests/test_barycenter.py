@@ -331,3 +331,13 @@ def test_errors():
         ot.barycenter(torch.tensor(A), C)
     with pytest.raises(TypeError, match="return_output=False"):
         ot.vjp(ot.barycenter, A, C, return_output=True)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        ot.vjp(ot.barycenter, A, C, foo=1)
+
+
+def test_unconverged_fixed_point_adjoint_warns():
+    A, C, w = _problem()
+    few = ot.ImplicitDiff(solver_kwargs={"max_iter": 3})
+    _, pull = ot.vjp(ot.barycenter, A, C, w, epsilon=0.02, implicit_diff=few)
+    with pytest.warns(ot.ConvergenceWarning, match="fixed-point adjoint"):
+        pull(_COT)

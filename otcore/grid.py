@@ -70,6 +70,8 @@ class Grid(Geometry):
             ):
                 raise ValueError(f"shape must be a tuple of positive ints, got {shape!r}")
             shape = tuple(_checks.check_positive_int("shape entries", s) for s in shape)
+            if like is None and epsilon is not None and not isinstance(epsilon, (int, float)):
+                like = epsilon  # an array ε fixes the framework
             self._bound = like is not None
             axes = _linspace_axes(shape, like)
         else:

@@ -671,3 +671,12 @@ def test_errors():
         ot.LinearProblem(grid, np.full(11, 1 / 11))
     with pytest.raises(ValueError, match="relative epsilon is 0"):
         _ = ot.Grid(shape=(1, 1)).epsilon
+
+
+def test_array_epsilon_fixes_the_framework_of_a_shape_grid():
+    torch = pytest.importorskip("torch")
+    grid = ot.Grid(shape=(3, 4), epsilon=torch.tensor(0.1, dtype=torch.float64))
+    assert isinstance(grid.axes[0], torch.Tensor)
+    numpy_grid = ot.Grid(shape=(3, 4), epsilon=np.asarray(0.1))
+    with pytest.raises(TypeError, match="same array library"):
+        ot.LinearProblem(numpy_grid, torch.full((12,), 1 / 12, dtype=torch.float64))

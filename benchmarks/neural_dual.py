@@ -236,10 +236,10 @@ def run_ott(pair, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dims", type=int, nargs="+", default=[2, 8, 32, 64])
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--iters", type=int, default=300)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, nargs="+", default=[32, 32])
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--solvers", nargs="+", default=["otcore-jax", "otcore-torch", "ott-jax"])
     p.add_argument("--out", default=str(HERE / "results" / "neural_dual.json"))
     p.add_argument("--threads", type=int, default=1, help="CPU threads per framework")

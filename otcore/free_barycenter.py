@@ -354,6 +354,21 @@ class _Step:
         self.solver = solver
         self.warm = solver.implicit_diff is not None
 
+    def zero_potentials(self):
+        """Zero potentials shaped like the solves' (the default start of a solve)."""
+        p, xp = self.p, self.xp
+        dt, dev = p.x_init.dtype, _xp.device_of(p.x_init)
+        if p.batched:
+            m = p.Y.shape[1]
+            return (
+                xp.zeros((p.k, p.n), dtype=dt, device=dev),
+                xp.zeros((p.k, m), dtype=dt, device=dev),
+            )
+        return tuple(
+            (xp.zeros((p.n,), dtype=dt, device=dev), xp.zeros((y.shape[0],), dtype=dt, device=dev))
+            for y in p.ys
+        )
+
     def __call__(self, X, inits):
         """``(Σ_s w_s T_s(X), Σ_s w_s reg_ot_cost_s, potentials, all converged)``."""
         p, xp = self.p, self.xp
@@ -367,7 +382,7 @@ class _Step:
             return update, cost, (out.f, out.g), xp.all(out.converged)
         update, cost, pots, conv = 0.0, 0.0, [], None
         for s in range(p.k):
-            init = inits[s] if (self.warm and inits is not None) else None
+            init = inits[s] if self.warm else None
             geom = PointCloud(X, p.ys[s], epsilon=p.epsilon)
             out = self.solver(LinearProblem(geom, p.a, p.bs[s]), init)
             plan = out.matrix
@@ -384,16 +399,16 @@ def _run(p: _Problem, threshold, max_iterations, solver):
     step = _Step(p, solver)
     x0 = p.x_init
     dt, dev = x0.dtype, _xp.device_of(x0)
-    t0, c0, pots0, lc0 = step(x0, None)
+    # the first pass (k = -1) only solves at x0: one traced solve, no update
     state = {
         "x": x0,
-        "t": t0,
-        "cost": c0,
-        "pots": pots0,
-        "lin": lc0,
-        "k": xp.asarray(0, device=dev),
+        "t": x0,
+        "cost": xp.asarray(0.0, dtype=dt, device=dev),
+        "pots": step.zero_potentials(),
+        "lin": xp.asarray(False, device=dev),
+        "k": xp.asarray(-1, device=dev),
         "err": xp.asarray(math.inf, dtype=dt, device=dev),
-        "diverged": ~xp.all(xp.isfinite(t0)),
+        "diverged": xp.asarray(False, device=dev),
         "errors": xp.full((max_iterations,), -1.0, dtype=dt, device=dev),
     }
     ids = xp.arange(max_iterations, device=dev)
@@ -402,8 +417,10 @@ def _run(p: _Problem, threshold, max_iterations, solver):
         return (st["k"] < max_iterations) & (st["err"] > threshold) & ~st["diverged"]
 
     def body(st):
-        x_new = st["t"]
-        err = xp.max(xp.abs(x_new - st["x"]))
+        first = st["k"] < 0
+        x_new = xp.where(first, st["x"], st["t"])
+        inf = xp.asarray(math.inf, dtype=dt, device=dev)
+        err = xp.where(first, inf, xp.max(xp.abs(x_new - st["x"])))
         finite = xp.all(xp.isfinite(x_new))
         # a non-finite support stops the loop; the solve below must not see it
         x_safe = xp.where(finite, x_new, xp.zeros_like(x_new))
@@ -416,7 +433,7 @@ def _run(p: _Problem, threshold, max_iterations, solver):
             "lin": lc,
             "k": st["k"] + 1,
             "err": err,
-            "diverged": ~finite | ~xp.isfinite(err),
+            "diverged": ~finite | ~xp.all(xp.isfinite(t)),
             "errors": xp.where(ids == st["k"], err, st["errors"]),
         }
 
@@ -425,7 +442,7 @@ def _run(p: _Problem, threshold, max_iterations, solver):
             # JAX: an unrolled inner solve (itself a recorded loop) cannot be nested in a
             # traced loop body (an integer constant of its loop escapes the trace), so the
             # outer loop is unrolled in Python: masked steps when the condition is traced
-            for _ in range(max_iterations):
+            for _ in range(max_iterations + 1):
                 go = cond(state)
                 if ad.is_concrete(go):
                     if not bool(go):
@@ -434,7 +451,7 @@ def _run(p: _Problem, threshold, max_iterations, solver):
                 else:
                     state = _tree_where(xp, go, body(state), state)
         else:
-            state = ad.while_loop_differentiable(cond, body, state, max_iterations)
+            state = ad.while_loop_differentiable(cond, body, state, max_iterations + 1)
     else:
         state = ad.while_loop(cond, body, state)
     diverged = state["diverged"]

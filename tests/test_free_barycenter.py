@@ -78,7 +78,7 @@ def test_translations_exact_equivariance():
     )
     moved = free_barycenter(np.stack([y + ts for ts in t]), weights=w, x_init=x0 + shift, **kw)
     alone = free_barycenter([y], x_init=x0, **kw)
-    np.testing.assert_allclose(moved, alone + shift, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(moved, alone + shift, rtol=0, atol=1e-12)  # measured 3e-14
 
 
 def test_translations_small_epsilon_give_the_translated_cloud():
@@ -187,18 +187,12 @@ def test_matches_ott():
         sinkhorn.Sinkhorn(threshold=1e-13, max_iterations=10000), min_iterations=5, max_iterations=5
     )
     ref = solver(prob, bar_size=6, x_init=jnp.asarray(x0))
-    out = free_barycenter(
-        np.stack(ys),
-        np.stack(bs),
-        w,
-        x_init=x0,
-        epsilon=1.0,
-        threshold=0.0,
-        max_iterations=5,
-        sinkhorn_kwargs={"threshold": 1e-13},
-        return_output=True,
-    )
-    np.testing.assert_allclose(out.points, np.asarray(ref.x), rtol=0, atol=1e-9)
+    kw = dict(x_init=x0, epsilon=1.0, threshold=0.0, sinkhorn_kwargs={"threshold": 1e-13})
+    out = free_barycenter(np.stack(ys), np.stack(bs), w, max_iterations=5, **kw)
+    np.testing.assert_allclose(out, np.asarray(ref.x), rtol=0, atol=1e-11)  # measured 4e-14
+    # OTT's costs[i] is Σ w_s reg_ot_cost at the i-th iterate (before its update)
+    out = free_barycenter(ys, bs, w, max_iterations=4, return_output=True, **kw)
+    assert abs(float(out.costs) - float(ref.costs[4])) < 1e-11
 
 
 # -- backends -------------------------------------------------------------------------------
@@ -314,7 +308,7 @@ def test_gradients_jax_torch_and_finite_differences():
         )
         fd = (plus - minus) / (2 * h)
         an = sum(np.sum(g * d) for g, d in zip([*ty, *tb, tw], [*dy, *db, dw]))
-        assert abs(an - fd) <= 1e-7 * max(1.0, abs(fd)), (an, fd)
+        assert abs(an - fd) <= 1e-8 * max(1.0, abs(fd)), (an, fd)  # measured 1e-10 relative
 
 
 def test_implicit_gradients_jax_torch_agree():

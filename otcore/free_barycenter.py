@@ -422,7 +422,6 @@ def _run(p: _Problem, threshold, max_iterations, solver):
         "diverged": xp.asarray(False, device=dev),
         "errors": xp.full((max_iterations,), -1.0, dtype=dt, device=dev),
     }
-    ids = xp.arange(max_iterations, device=dev)
 
     def cond(st):
         return (st["k"] < max_iterations) & (st["err"] > threshold) & ~st["diverged"]
@@ -445,14 +444,17 @@ def _run(p: _Problem, threshold, max_iterations, solver):
             "k": st["k"] + 1,
             "err": err,
             "diverged": ~finite | ~xp.all(xp.isfinite(t)),
-            "errors": xp.where(ids == st["k"], err, st["errors"]),
+            # (made here: an integer array closed over by the body would escape a trace
+            # that nests this loop in a recorded JAX loop)
+            "errors": xp.where(xp.arange(max_iterations, device=dev) == st["k"], err, st["errors"]),
         }
 
     if ad.is_differentiating(*p.leaves()):
         if solver.implicit_diff is None and ad.name == "jax":
             # JAX: an unrolled inner solve (itself a recorded loop) cannot be nested in a
-            # traced loop body (an integer constant of its loop escapes the trace), so the
-            # outer loop is unrolled in Python: masked steps when the condition is traced
+            # recorded loop body (Sinkhorn's loop closes over an integer array, which
+            # escapes the outer trace), so the outer loop is unrolled in Python: masked
+            # steps when the condition is traced
             for _ in range(max_iterations + 1):
                 go = cond(state)
                 if ad.is_concrete(go):

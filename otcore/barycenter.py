@@ -320,7 +320,6 @@ class _IBP:
             "diverged": xp.asarray(False, device=dev),
             "errors": xp.full(self.batch + (o.n_blocks,), -1.0, dtype=x0.dtype, device=dev),
         }
-        block_ids = xp.arange(o.n_blocks, device=dev)
         inner, n_blocks, threshold = o.inner_iterations, o.n_blocks, o.threshold
         min_blocks = math.ceil(o.min_iterations / inner)
 
@@ -345,7 +344,11 @@ class _IBP:
                 "k": st["k"] + 1,
                 "err": err,
                 "diverged": ~xp.all(xp.isfinite(err)) | ~xp.all(xp.isfinite(lb)),
-                "errors": xp.where(block_ids == st["k"], err[..., None], st["errors"]),
+                # made here, not closed over: a nested differentiable loop (JAX) must
+                # not capture an array of an enclosing trace
+                "errors": xp.where(
+                    xp.arange(n_blocks, device=dev) == st["k"], err[..., None], st["errors"]
+                ),
             }
 
         if unrolled:

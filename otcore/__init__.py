@@ -15,6 +15,7 @@ from .dictionary import WassersteinDictionary
 from .divergence import DivergenceOutput, sinkhorn_divergence, sinkhorn_divergence_costs
 from .epsilon import EpsilonSchedule
 from .errors import ConvergenceWarning, NonFiniteIterationError
+from .free_barycenter import FreeBarycenterOutput, free_barycenter
 from .geometry import Geometry, PointCloud
 from .grid import Grid
 from .implicit import ImplicitDiff
@@ -29,6 +30,7 @@ __all__ = [
     "ConvergenceWarning",
     "DivergenceOutput",
     "EpsilonSchedule",
+    "FreeBarycenterOutput",
     "Geometry",
     "Grid",
     "ImplicitDiff",
@@ -40,6 +42,7 @@ __all__ = [
     "WassersteinDictionary",
     "barycenter",
     "costs",
+    "free_barycenter",
     "grad",
     "hessian",
     "hvp",

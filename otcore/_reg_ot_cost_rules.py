@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from . import _rules
+from . import _rules, _sinkhorn_unrolled
 from .api import _cost_matrix_output, _point_cloud_output, reg_ot_cost, reg_ot_cost_matrix
 from .geometry import _expand
 from .implicit import ImplicitDiff, ImplicitSystem
@@ -28,12 +28,12 @@ _DEFAULTS = {
 }
 
 
-def _solve(args, kwargs):
+def _solve(args, kwargs, what="second derivatives of reg_ot_cost"):
     if len(args) > 4:
         raise TypeError("reg_ot_cost takes at most 4 positional arguments (x, y, a, b)")
     x, y, a, b = (list(args) + [None] * 4)[:4]
     out = _point_cloud_output(x, y, a, b, **{**_DEFAULTS, **kwargs})
-    _check_modes(out)
+    _check_modes(out, what)
     return (x, y, a, b), out
 
 
@@ -46,11 +46,14 @@ _MATRIX_DEFAULTS = {
 }
 
 
-def _check_modes(out):
-    if out.solver.implicit_diff is None:
+def _check_modes(out, what="this entry point"):
+    """Unrolled mode (``implicit_diff=None``) has manual rules for first derivatives of
+    ``reg_ot_cost``/``reg_ot_cost_matrix`` only (``what=None``); ``what`` names anything else."""
+    if out.solver.implicit_diff is None and what is not None:
         raise NotImplementedError(
-            "unrolled differentiation (implicit_diff=None) needs JAX or PyTorch arrays; on "
-            "NumPy-like arrays use the default ImplicitDiff()"
+            f"unrolled differentiation (implicit_diff=None) of {what} needs JAX or PyTorch "
+            "arrays; on NumPy-like arrays it exists for first derivatives of reg_ot_cost and "
+            "reg_ot_cost_matrix only: use the default ImplicitDiff() here"
         )
 
 
@@ -112,7 +115,7 @@ def _assemble(xp, inputs, dx, dy, da, db, n_args):
 @_rules.register(reg_ot_cost)
 def reg_ot_cost_vjp(args, kwargs):
     """Manual VJP of :func:`~otcore.reg_ot_cost` w.r.t. ``(x, y, a, b)``."""
-    inputs, out = _solve(args, kwargs)
+    inputs, out = _solve(args, kwargs, what=None)
     return _vjp_from_output(inputs, out, len(args))
 
 
@@ -129,7 +132,17 @@ def _vjp_from_output(inputs, out, n_args):
             dx, dy = _points_gradients(out, c2 * out.matrix)
         da = c1 * _weight_gradient(out, "a")
         db = c1 * _weight_gradient(out, "b")
-        if not out.solver.use_danskin:
+        if out.solver.implicit_diff is None and not out.solver.use_danskin:
+            # unrolled: back through the iterations the forward pass ran
+            zu, zv = _sinkhorn_unrolled.potential_partials(out)
+            c_bar, ua, ub = _sinkhorn_unrolled.pullback(out, c1 * zu, c1 * zv)
+            if isinstance(inputs[1], str):
+                dx = dx + c_bar * _expand(out.geom.inv_scale_cost, 2)
+            else:
+                ux, uy = _points_gradients(out, c_bar)
+                dx, dy = dx + ux, dy + uy
+            da, db = da + ua, db + ub
+        elif not out.solver.use_danskin:
             system = _system(out)
             zu = xp.where(out.a > 0, system.gamma_a - system.r, xp.zeros_like(system.r))
             zv = xp.where(out.b > 0, system.gamma_b - system.c, xp.zeros_like(system.c))
@@ -153,7 +166,6 @@ def reg_ot_cost_matrix_vjp(args, kwargs):
         raise TypeError("reg_ot_cost_matrix takes at most 3 positional arguments (C, a, b)")
     c, a, b = (list(args) + [None] * 3)[:3]
     out = _cost_matrix_output(c, a, b, **{**_MATRIX_DEFAULTS, **kwargs})
-    _check_modes(out)
     return _vjp_from_output((c, "matrix", a, b), out, len(args))
 
 

@@ -59,7 +59,8 @@ class Sinkhorn:
             potentials are differentiated through their optimality conditions (one linear
             solve per backward pass, any order). ``None``: unrolled, the framework
             differentiates through the iterations (JAX: a checkpointed fixed-length scan
-            of ``max_iterations``; PyTorch: the recorded loop; not available on NumPy).
+            of ``max_iterations``; PyTorch: the recorded loop; NumPy-like arrays: a manual
+            reverse recursion, first derivatives of ``reg_ot_cost`` only).
         use_danskin: differentiate the costs (``reg_ot_cost`` and co.) with the potentials
             held constant (envelope theorem, exact at the optimum, no linear solve).
             Default: True with ``implicit_diff``, False when unrolled. Set False for
@@ -257,7 +258,9 @@ class _Iteration:
         self.check_both = (not prob.is_balanced) or solver.parallel_dual_updates
 
     # -- loop ----------------------------------------------------------------------
-    def run(self, f0, g0, unrolled: bool = False):
+    def run(self, f0, g0, unrolled: bool = False, record=None):
+        """The loop; ``record`` (a list, eager backends only) receives each step's input
+        ``(x, y)`` (potentials in log mode, scalings in kernel mode)."""
         xp, s = self.xp, self.s
         batch = f0.shape[:-1]
         dev = _xp.device_of(f0)
@@ -280,6 +283,12 @@ class _Iteration:
         threshold = s.threshold
         min_blocks = math.ceil(s.min_iterations / inner)
         step = self._lse_step if s.lse_mode else self._kernel_step
+        if record is not None:
+            plain_step = step
+
+            def step(t, x, y):
+                record.append((x, y))
+                return plain_step(t, x, y)
 
         def cond(st):
             more = xp.any(st["err"] > threshold) | (st["k"] < min_blocks)

@@ -277,7 +277,6 @@ class _Iteration:
             "diverged": xp.asarray(False, device=dev),
             "errors": xp.full(batch + (s.n_blocks,), -1.0, dtype=f0.dtype, device=dev),
         }
-        block_ids = xp.arange(s.n_blocks, device=dev)
         inner = s.inner_iterations
         n_blocks = s.n_blocks
         threshold = s.threshold
@@ -306,7 +305,11 @@ class _Iteration:
                 "k": k + 1,
                 "err": err,
                 "diverged": ~xp.all(xp.isfinite(err)),
-                "errors": xp.where(block_ids == k, err[..., None], st["errors"]),
+                # made here, not closed over: a nested differentiable loop (JAX) must
+                # not capture an array of an enclosing trace
+                "errors": xp.where(
+                    xp.arange(n_blocks, device=dev) == k, err[..., None], st["errors"]
+                ),
             }
 
         if unrolled:
@@ -327,8 +330,10 @@ class _Iteration:
             return new
         xp = self.xp
         if self.s.lse_mode:
-            old_safe = xp.where(xp.isfinite(old), old, new)
-            return xp.where(xp.isfinite(new), (1.0 - w) * old_safe + w * new, new)
+            finite = xp.isfinite(new)
+            new_safe = xp.where(finite, new, xp.zeros_like(new))  # no inf - inf below
+            old_safe = xp.where(xp.isfinite(old), old, new_safe)
+            return xp.where(finite, (1.0 - w) * old_safe + w * new_safe, new)
         pos = (old > 0) & (new > 0)
         one = xp.ones_like(new)
         mixed = xp.where(pos, old, one) ** (1.0 - w) * xp.where(pos, new, one) ** w

@@ -144,10 +144,7 @@ def free_barycenter(
 
     Works under ``jax.jit`` (the outer loop is a ``lax.while_loop``). Differentiable
     w.r.t. ``ys``, ``bs``, ``weights`` and ``x_init`` with JAX and PyTorch autodiff (the
-    default ε carries no derivative). On JAX with unrolled inner solves
-    (``implicit_diff=None``) the outer loop is unrolled in Python while
-    differentiating (compile time grows with ``max_iterations``): a recorded inner loop
-    cannot be nested in the recorded outer one.
+    default ε carries no derivative).
 
     Example:
         >>> import numpy as np
@@ -450,21 +447,7 @@ def _run(p: _Problem, threshold, max_iterations, solver):
         }
 
     if ad.is_differentiating(*p.leaves()):
-        if solver.implicit_diff is None and ad.name == "jax":
-            # JAX: an unrolled inner solve (itself a recorded loop) cannot be nested in a
-            # recorded loop body (Sinkhorn's loop closes over an integer array, which
-            # escapes the outer trace), so the outer loop is unrolled in Python: masked
-            # steps when the condition is traced
-            for _ in range(max_iterations + 1):
-                go = cond(state)
-                if ad.is_concrete(go):
-                    if not bool(go):
-                        break
-                    state = body(state)
-                else:
-                    state = _tree_where(xp, go, body(state), state)
-        else:
-            state = ad.while_loop_differentiable(cond, body, state, max_iterations + 1)
+        state = ad.while_loop_differentiable(cond, body, state, max_iterations + 1)
     else:
         state = ad.while_loop(cond, body, state)
     diverged = state["diverged"]
@@ -479,11 +462,3 @@ def _run(p: _Problem, threshold, max_iterations, solver):
         linear_converged=state["lin"],
         epsilon=p.epsilon,
     )
-
-
-def _tree_where(xp, go, new, old):
-    if isinstance(new, dict):
-        return {key: _tree_where(xp, go, new[key], old[key]) for key in new}
-    if isinstance(new, (tuple, list)):
-        return type(new)(_tree_where(xp, go, a, b) for a, b in zip(new, old))
-    return xp.where(go, new, old)

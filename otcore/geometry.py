@@ -348,7 +348,14 @@ class _Operators:
         return self._concat([self._matvec(xp.exp(-ce), s, axis) for ce in self._blocks(axis)])
 
     def _matvec(self, mat, vec, axis):
+        """``matᵀ vec`` (``axis=0``) or ``mat vec`` (``axis=1``) over leading axes.
+
+        One matrix (no batch axes): a single matrix product with the stacked vectors
+        (``vec @ K``), not one product per vector against a broadcast copy of ``K``.
+        """
         xp = self.xp
+        if mat.ndim == 2:
+            return xp.matmul(vec, mat if axis == 0 else xp.permute_dims(mat, (1, 0)))
         if axis == 0:
             return xp.matmul(vec[..., None, :], mat)[..., 0, :]
         return xp.matmul(mat, vec[..., :, None])[..., 0]

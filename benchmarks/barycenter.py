@@ -48,10 +48,7 @@ import importlib
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -77,6 +74,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+# timing, statistics and thread limits shared with the Sinkhorn benchmark
+from sinkhorn import _limit_threads, _otcore, _stats, _time_round_robin  # noqa: E402
 
 # Dense rows (n x n cost matrix).
 DENSE_BACKENDS = (
@@ -206,13 +208,6 @@ def _to_numpy(v):
     return np.asarray(v, dtype=np.float64)
 
 
-def _otcore():
-    try:
-        return importlib.import_module("otcore")
-    except ImportError as e:
-        raise Skip(f"otcore not importable: {e}") from None
-
-
 def _pot():
     try:
         import ot
@@ -223,23 +218,6 @@ def _pot():
 
 
 _THREADS = None
-
-
-def _limit_threads(n):
-    """Cap the CPU threads of every library (call before JAX is imported)."""
-    global _THREADS
-    _THREADS = n
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = (
-        f"{flags} --xla_cpu_multi_thread_eigen={'false' if n == 1 else 'true'} "
-        f"intra_op_parallelism_threads={n}"
-    ).strip()
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n)
-    except ImportError:
-        pass
 
 
 def _torch():
@@ -461,47 +439,6 @@ MAKERS = {
 # -----------------------------------------------------------------------------------------
 # Measurement
 # -----------------------------------------------------------------------------------------
-
-
-def _time_round_robin(runners, warmup, repeats, log):
-    """``warmup`` untimed calls each, then ``repeats`` rounds over the backends."""
-    times = {name: [] for name in runners}
-    cpu = {name: [] for name in runners}
-    outs = {}
-    failed = {}
-    for name, run in runners.items():
-        try:
-            t0 = time.perf_counter()
-            for _ in range(warmup):
-                outs[name] = run()
-            log(f"    warm-up {name}: {time.perf_counter() - t0:.2f} s")
-        except Exception as e:  # a backend failing must not stop the others
-            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            log(f"    {name} FAILED: {failed[name]}")
-            if os.environ.get("BENCH_DEBUG"):
-                traceback.print_exc()
-    names = [n for n in runners if n not in failed]
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)] if names else []
-        for name in order:
-            c0, t0 = time.process_time(), time.perf_counter()
-            outs[name] = runners[name]()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return times, cpu, outs, failed
-
-
-def _stats(ts, cpu):
-    q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) >= 2 else [ts[0]] * 3
-    return {
-        "median_s": statistics.median(ts),
-        "min_s": min(ts),
-        "q1_s": q[0],
-        "q3_s": q[2],
-        "times_s": ts,
-        "cpu_median_s": statistics.median(cpu),
-        "cpu_times_s": cpu,
-    }
 
 
 def _loadavg():

@@ -83,3 +83,17 @@ def check_positive_int(name: str, value, minimum: int = 1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_stopping(threshold, inner_iterations, min_iterations, max_iterations):
+    """Validate a loop's stopping options; return them as ``(float, int, int, int)``."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    inner = check_positive_int("inner_iterations", inner_iterations)
+    lo = check_positive_int("min_iterations", min_iterations, 0)
+    hi = check_positive_int("max_iterations", max_iterations)
+    if lo > hi:
+        raise ValueError(
+            f"min_iterations ({min_iterations}) must not exceed max_iterations ({max_iterations})"
+        )
+    return float(threshold), inner, lo, hi

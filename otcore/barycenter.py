@@ -24,7 +24,6 @@ adjoint.
 from __future__ import annotations
 
 import math
-import numbers
 
 from . import _checks, _xp
 from .geometry import Geometry
@@ -141,16 +140,9 @@ class _Options:
     def __init__(self, lse_mode, debiased, threshold, inner, min_iter, max_iter):
         self.lse_mode = bool(lse_mode)
         self.debiased = bool(debiased)
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
-            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
-        self.threshold = float(threshold)
-        self.inner_iterations = _checks.check_positive_int("inner_iterations", inner)
-        self.min_iterations = _checks.check_positive_int("min_iterations", min_iter, 0)
-        self.max_iterations = _checks.check_positive_int("max_iterations", max_iter)
-        if self.min_iterations > self.max_iterations:
-            raise ValueError(
-                f"min_iterations ({min_iter}) must not exceed max_iterations ({max_iter})"
-            )
+        self.threshold, self.inner_iterations, self.min_iterations, self.max_iterations = (
+            _checks.check_stopping(threshold, inner, min_iter, max_iter)
+        )
 
     @property
     def n_blocks(self):

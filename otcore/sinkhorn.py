@@ -90,9 +90,9 @@ class Sinkhorn:
         use_danskin: bool | None = None,
     ):
         self.lse_mode = bool(lse_mode)
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
-            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
-        self.threshold = float(threshold)
+        self.threshold, self.inner_iterations, self.min_iterations, self.max_iterations = (
+            _checks.check_stopping(threshold, inner_iterations, min_iterations, max_iterations)
+        )
         if (
             isinstance(norm_error, bool)
             or not isinstance(norm_error, numbers.Real)
@@ -100,13 +100,6 @@ class Sinkhorn:
         ):
             raise ValueError(f"norm_error must be a number >= 1, got {norm_error!r}")
         self.norm_error = float(norm_error)
-        self.inner_iterations = _checks.check_positive_int("inner_iterations", inner_iterations)
-        self.min_iterations = _checks.check_positive_int("min_iterations", min_iterations, 0)
-        self.max_iterations = _checks.check_positive_int("max_iterations", max_iterations)
-        if self.min_iterations > self.max_iterations:
-            raise ValueError(
-                f"min_iterations ({min_iterations}) must not exceed max_iterations ({max_iterations})"
-            )
         if momentum is not None and not (
             isinstance(momentum, numbers.Real)
             and not isinstance(momentum, bool)

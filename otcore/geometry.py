@@ -327,8 +327,22 @@ class _Operators:
     def _concat(self, parts):
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=-1)
 
+    # the temporaries of one reduction hold at most this many entries: many vectors
+    # against one matrix (a barycenter's k inputs) go through in slices, which keeps
+    # them in reused memory instead of one fresh (k, n, m) array per reduction
+    _MAX_TEMPORARY = 1 << 22
+
     def lse(self, u, axis: int, ratio=None):
         """``LSE_k(u_k - ratio * C/ε)`` over the reduced ``axis`` (``ratio`` default 1)."""
+        n, m = self.geom.shape
+        if u.ndim >= 2 and u.shape[0] > 1 and self.geom.batch_shape == ():
+            rows = math.prod(u.shape[1:-1]) * n * m
+            step = max(1, self._MAX_TEMPORARY // max(rows, 1))
+            if step < u.shape[0]:
+                parts = [
+                    self.lse(u[s : s + step, ...], axis, ratio) for s in range(0, u.shape[0], step)
+                ]
+                return self.xp.concat(parts, axis=0)
         parts = []
         for ce in self._blocks(axis):
             if ratio is not None:

@@ -105,6 +105,8 @@ class TorchAdapter(Adapter):
         return _highest_matmul_precision()
 
     def logsumexp(self, x, axis: int):
+        """``log Σ exp(x)`` over ``axis``; without autograd, ``x`` (a temporary of the
+        caller's) is overwritten."""
         if x.device.type != "cpu":
             return torch.logsumexp(x, dim=axis)
         # On CPUs torch's exp is 10-25x slower on arguments that underflow, which is most
@@ -112,11 +114,15 @@ class TorchAdapter(Adapter):
         # underflow (exp(-78) in float32 changes no sum that holds a 1), then exp.
         m = torch.amax(x, dim=axis, keepdim=True).detach()  # the shift carries no gradient
         finite = torch.isfinite(m)
-        shifted = x - torch.where(finite, m, torch.zeros_like(m))
+        m_safe = torch.where(finite, m, torch.zeros_like(m))
         floor = 0.9 * math.log(torch.finfo(x.dtype).tiny)
-        if shifted.requires_grad and torch.is_grad_enabled():
+        if x.requires_grad and torch.is_grad_enabled():
+            shifted = x - m_safe
             total = torch.sum(torch.exp(torch.clamp(shifted, min=floor)), dim=axis, keepdim=True)
         else:
+            # otcore's callers pass a fresh temporary (e.g. u - C/ε): work in place on it
+            # rather than allocate another array of that (n × m) size
+            shifted = x.sub_(m_safe)
             total = torch.sum(shifted.clamp_(min=floor).exp_(), dim=axis, keepdim=True)
         out = torch.where(finite, torch.log(total) + m, m)
         return torch.squeeze(out, dim=axis)

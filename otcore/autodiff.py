@@ -40,8 +40,32 @@ def vjp(fun, *args, **kwargs):
         raise TypeError("vjp needs at least one array among the positional arguments")
     adapter = adapter_for(*arrays)
     if adapter.has_autodiff:
-        return adapter.vjp(fun, args, kwargs)
+        return _autodiff_vjp(adapter, fun, args, kwargs)
     return _manual_rule(_rules.RULES, fun, adapter, "derivative")(args, kwargs)
+
+
+def _autodiff_vjp(adapter, fun, args, kwargs):
+    """The framework's VJP w.r.t. the array arguments; other positional arguments (a
+    geometry, ``None``) are held fixed and get ``None``, as in the manual rules."""
+    where = [
+        i for i, a in enumerate(args) if a is not None and array_api_compat.is_array_api_obj(a)
+    ]
+
+    def of_arrays(*arrays):
+        full = list(args)
+        for i, a in zip(where, arrays):
+            full[i] = a
+        return fun(*full, **kwargs)
+
+    value, pull = adapter.vjp(of_arrays, tuple(args[i] for i in where), {})
+
+    def vjp_fn(cotangent):
+        grads = [None] * len(args)
+        for i, g in zip(where, pull(cotangent)):
+            grads[i] = g
+        return tuple(grads)
+
+    return value, vjp_fn
 
 
 def _manual_rule(registry, fun, adapter, kind):

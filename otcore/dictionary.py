@@ -239,13 +239,10 @@ class WassersteinDictionary:
     def _objective(self, geom, Y):
         """``(alpha, lam) -> (loss, (ᾱ, λ̄))``: the mean loss and its gradients."""
         xp = geom.xp
-        ad = geom.adapter
         kw = self._bary_kwargs
         M = Y.shape[0]
 
         def bary_vjp(A, W):
-            if ad.has_autodiff:
-                return ad.vjp(lambda A_, W_: barycenter(A_, geom, W_, **kw), (A, W), {})
             b, pull = _vjp(barycenter, A, geom, W, **kw)
             return b, lambda ct: (lambda r: (r[0], r[2]))(pull(ct))
 
@@ -259,21 +256,13 @@ class WassersteinDictionary:
                 terms = xp.where(pos, Y * xp.log(y_safe / b), xp.zeros_like(Y)) - Y + b
                 return xp.sum(terms) / M, (1.0 - Y / b) / M
             div_kw = {"threshold": 1e-4, "max_iterations": 2000}
-
-            def divergence(b_):
-                return xp.sum(sinkhorn_divergence_costs(geom, geom, geom, b_, Y, **div_kw)) / M
-
             # the barycenters' mass is 1 only up to the IBP's marginal error; the
             # balanced divergence needs equal masses: compare b / Σb with y
             mass = xp.sum(b, axis=-1, keepdims=True)
             b_n = b / mass
-            if ad.has_autodiff:
-                value, pull = ad.vjp(divergence, (b_n,), {})
-                bn_bar = pull(xp.ones_like(value))[0]
-            else:
-                values, pull = _vjp(sinkhorn_divergence_costs, geom, geom, geom, b_n, Y, **div_kw)
-                value = xp.sum(values) / M
-                bn_bar = pull(xp.ones_like(values) / M)[3]
+            values, pull = _vjp(sinkhorn_divergence_costs, geom, geom, geom, b_n, Y, **div_kw)
+            value = xp.sum(values) / M
+            bn_bar = pull(xp.ones_like(values) / M)[3]
             return value, (bn_bar - xp.sum(bn_bar * b_n, axis=-1, keepdims=True)) / mass
 
         def objective(alpha, lam):

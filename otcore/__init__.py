@@ -4,24 +4,26 @@ Pass NumPy, JAX, PyTorch or CuPy arrays; results come back as the same type, dty
 device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 """
 
-from . import _barycenter_rules as _barycenter_rules  # registers the manual rules
-from . import _divergence_rules as _divergence_rules
-from . import _reg_ot_cost_rules as _reg_ot_cost_rules
-from . import costs, neural
-from .api import reg_ot_cost, reg_ot_cost_matrix, solve
-from .autodiff import grad, hessian, hvp, value_and_grad, vjp
-from .barycenter import BarycenterOutput, barycenter
-from .dictionary import WassersteinDictionary
-from .divergence import DivergenceOutput, sinkhorn_divergence, sinkhorn_divergence_costs
-from .epsilon import EpsilonSchedule
-from .errors import ConvergenceWarning, NonFiniteIterationError
-from .free_barycenter import FreeBarycenterOutput, free_barycenter
-from .geometry import Geometry, PointCloud
-from .grid import Grid
-from .implicit import ImplicitDiff
-from .output import SinkhornOutput
-from .problem import LinearProblem
-from .sinkhorn import Sinkhorn
+from otcore import neural
+from otcore.api import reg_ot_cost, reg_ot_cost_matrix, solve
+from otcore.autodiff.transforms import grad, hessian, hvp, value_and_grad, vjp
+from otcore.errors import ConvergenceWarning, NonFiniteIterationError
+from otcore.geometry import costs
+from otcore.geometry.base import Geometry, PointCloud
+from otcore.geometry.epsilon import EpsilonSchedule
+from otcore.geometry.grid import Grid
+from otcore.implicit.system import ImplicitDiff
+from otcore.problem import LinearProblem
+from otcore.solvers.barycenter import BarycenterOutput, barycenter
+from otcore.solvers.divergence import (
+    DivergenceOutput,
+    sinkhorn_divergence,
+    sinkhorn_divergence_costs,
+)
+from otcore.solvers.free_barycenter import FreeBarycenterOutput, free_barycenter
+from otcore.solvers.output import SinkhornOutput
+from otcore.solvers.sinkhorn import Sinkhorn
+from otcore.tools.dictionary import WassersteinDictionary
 
 __version__ = "0.1.0"
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
-from .errors import ConvergenceWarning, NonFiniteIterationError
-from .geometry import Geometry, PointCloud
-from .output import SinkhornOutput
-from .problem import LinearProblem
-from .sinkhorn import Sinkhorn
+from otcore.geometry.base import Geometry, PointCloud
+from otcore.problem import LinearProblem
+from otcore.solvers.output import SinkhornOutput, report
+from otcore.solvers.sinkhorn import Sinkhorn
 
 __all__ = ["reg_ot_cost", "solve"]
 
@@ -189,26 +186,3 @@ def _cost_matrix_output(
     out = Sinkhorn(**sinkhorn_kwargs)(LinearProblem(geom, a, b, tau_a=tau_a, tau_b=tau_b))
     report(out)
     return out
-
-
-def report(out: SinkhornOutput) -> None:
-    """Raise on non-finite iterates and warn on non-convergence (eager backends only)."""
-    ad = out.geom.adapter
-    if not ad.is_concrete(out.diverged):
-        return
-    if bool(out.diverged):
-        raise NonFiniteIterationError(
-            "the Sinkhorn iterates became NaN or infinite"
-            + (
-                ""
-                if out.solver.lse_mode
-                else " (kernel mode underflows at small epsilon: use lse_mode=True)"
-            )
-        )
-    if not bool(out.xp.all(out.converged)):
-        warnings.warn(
-            f"Sinkhorn did not converge to threshold={out.solver.threshold} within "
-            f"max_iterations={out.solver.max_iterations}",
-            ConvergenceWarning,
-            stacklevel=3,
-        )

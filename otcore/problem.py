@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from . import _checks, _xp
-from .geometry import Geometry, _broadcast_shapes
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.geometry.base import Geometry
 
 __all__ = ["LinearProblem"]
 
@@ -61,7 +62,7 @@ class LinearProblem:
         self.b = _uniform(xp, m, ref) if b is None else b
         self._a_given, self._b_given = a is not None, b is not None
         try:
-            self.batch_shape = _broadcast_shapes(
+            self.batch_shape = _xp.broadcast_shapes(
                 self.a.shape[:-1], self.b.shape[:-1], geom.batch_shape
             )
         except ValueError:

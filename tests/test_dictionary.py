@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import otcore as ot
-from otcore.dictionary import _softmax
+from otcore.tools.dictionary import _softmax
 
 N = 30
 T = np.linspace(0.0, 1.0, N)

@@ -8,7 +8,7 @@ import pytest
 from _helpers import to_numpy
 
 import otcore as ot
-from otcore.free_barycenter import FreeBarycenterOutput, free_barycenter
+from otcore.solvers.free_barycenter import FreeBarycenterOutput, free_barycenter
 
 
 def _whitened(rng, m):

@@ -1,6 +1,6 @@
 """Grids: separable costs and per-axis operators against the materialised dense geometry.
 
-References are computed here, independently of :mod:`otcore.grid`: the grid points come
+References are computed here, independently of :mod:`otcore.geometry.grid`: the grid points come
 from NumPy's ``meshgrid`` (C order, last axis fastest) and the cost matrices from SciPy's
 ``cdist`` or explicit per-axis sums; the dense :class:`otcore.Geometry` on that matrix
 (its own code path) is the reference for operators, ε, scaling, solves, barycenters and

@@ -1,4 +1,4 @@
-"""The Krylov solvers of ``otcore.linsolve`` and the options of ``ImplicitDiff``.
+"""The Krylov solvers of ``otcore.implicit.linear_solvers`` and the options of ``ImplicitDiff``.
 
 Solver options are checked where the solve matters: Hessian-vector products (NumPy's
 analytic rule solves the implicit system once per product) and derivatives of the
@@ -16,7 +16,7 @@ from _diff_cases import CASES, assert_rel, potential_cotangents
 
 import otcore as ot
 from otcore.backends import adapter_for
-from otcore.linsolve import cg, normal_cg
+from otcore.implicit.linear_solvers import cg, normal_cg
 
 # -- cg / normal_cg --------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Unrolled gradients (``implicit_diff=None``) on NumPy: the manual reverse recursion of
-:mod:`otcore._sinkhorn_unrolled` against JAX and PyTorch autodiff through the same
+:mod:`otcore.autodiff.sinkhorn_unrolled_rules` against JAX and PyTorch autodiff through the same
 iterations, central finite differences at a fixed iteration count, and the limit of many
 iterations (the implicit gradient).
 

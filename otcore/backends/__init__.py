@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import array_api_compat
 
-from .. import _xp
+from otcore._lib import xp as _xp
 
 __all__ = ["adapter_for"]
 
@@ -31,21 +31,21 @@ def adapter_for(*arrays, names=None):
     xp = _xp.namespace(*arrays, names=names)
     x = next(a for a in arrays if a is not None)
     if array_api_compat.is_jax_array(x):
-        from .jax import JaxAdapter
+        from otcore.backends.jax import JaxAdapter
 
         return JaxAdapter(xp)
     if array_api_compat.is_torch_array(x):
-        from .torch import TorchAdapter
+        from otcore.backends.torch import TorchAdapter
 
         return TorchAdapter(xp)
     if array_api_compat.is_cupy_array(x):
-        from .cupy import CupyAdapter
+        from otcore.backends.cupy import CupyAdapter
 
         return CupyAdapter(xp)
     if array_api_compat.is_numpy_array(x):
-        from .numpy import NumpyAdapter
+        from otcore.backends.numpy import NumpyAdapter
 
         return NumpyAdapter(xp)
-    from .numpy import GenericAdapter
+    from otcore.backends.numpy import GenericAdapter
 
     return GenericAdapter(xp)

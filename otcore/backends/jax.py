@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._base import Adapter
+from otcore.backends.base import Adapter
 
 
 class JaxAdapter(Adapter):

@@ -15,11 +15,11 @@ _TRAINABLE = ("jax", "torch")
 def ops_for_name(name: str):
     """The neural helpers of backend ``name`` (``"jax"`` or ``"torch"``)."""
     if name == "jax":
-        from .neural_jax import JaxNeuralOps
+        from otcore.backends.neural_jax import JaxNeuralOps
 
         return JaxNeuralOps()
     if name == "torch":
-        from .neural_torch import TorchNeuralOps
+        from otcore.backends.neural_torch import TorchNeuralOps
 
         return TorchNeuralOps()
     raise TypeError(

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .jax import JaxAdapter
+from otcore.backends.jax import JaxAdapter
 
 
 class _OtcoreOptimizer:
@@ -80,7 +80,7 @@ class JaxNeuralOps:
 
     # -- optimisers ---------------------------------------------------------------
     def wrap_optimizer(self, opt, name):
-        from ..neural.optim import Adam
+        from otcore._lib.adam import Adam
 
         if isinstance(opt, Adam):
             return _OtcoreOptimizer(opt)

@@ -7,8 +7,8 @@ import array_api_compat
 import numpy as np
 import torch
 
-from ..neural._tree import tree_leaves, tree_map, tree_unflatten
-from .torch import TorchAdapter
+from otcore._lib.tree import tree_leaves, tree_map, tree_unflatten
+from otcore.backends.torch import TorchAdapter
 
 
 def _leaf(t):
@@ -114,7 +114,7 @@ class TorchNeuralOps:
 
     # -- optimisers ---------------------------------------------------------------
     def wrap_optimizer(self, opt, name):
-        from ..neural.optim import Adam
+        from otcore._lib.adam import Adam
 
         if isinstance(opt, Adam):
             return _OtcoreOptimizer(opt)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import Adapter
+from otcore.backends.base import Adapter
 
 
 class NumpyAdapter(Adapter):

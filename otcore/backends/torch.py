@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ._base import Adapter
+from otcore.backends.base import Adapter
 
 
 @contextlib.contextmanager

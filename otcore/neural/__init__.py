@@ -4,11 +4,11 @@ Written once in array API code; training runs on JAX or PyTorch (the batches' fr
 or ``backend=`` for NumPy batches). See ``docs/neural.md``.
 """
 
-from .conjugate import ConjugateResults, FenchelConjugateLBFGS
-from .networks import ICNN, PotentialMLP, gaussian_map
-from .neuraldual import DEFAULT_CONJUGATE_SOLVER, W2NeuralDual
-from .optim import Adam
-from .potentials import DualPotentials
+from otcore._lib.adam import Adam
+from otcore.neural.conjugate import ConjugateResults, FenchelConjugateLBFGS
+from otcore.neural.networks import ICNN, PotentialMLP, gaussian_map
+from otcore.neural.neuraldual import DEFAULT_CONJUGATE_SOLVER, W2NeuralDual
+from otcore.neural.potentials import DualPotentials
 
 __all__ = [
     "DEFAULT_CONJUGATE_SOLVER",

@@ -13,8 +13,8 @@ import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .. import _xp
-from ..backends import adapter_for
+from otcore._lib import xp as _xp
+from otcore.backends import adapter_for
 
 __all__ = ["ConjugateResults", "FenchelConjugateLBFGS"]
 
@@ -147,7 +147,7 @@ class FenchelConjugateLBFGS:
                 f"x_init must have the shape of y {tuple(y.shape)}, got {tuple(x0.shape)}"
             )
         if value_and_grad is None:
-            from ..backends import neural as _neural
+            from otcore.backends import neural as _neural
 
             value_and_grad = _neural.ops_for(adapter).value_and_input_grad_fn(f)
         return _lbfgs(self, xp, adapter, value_and_grad, y, x0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _xp
+from otcore._lib import xp as _xp
 
 __all__ = ["ICNN", "PotentialMLP"]
 

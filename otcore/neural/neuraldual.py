@@ -15,14 +15,14 @@ import warnings
 
 import array_api_compat
 
-from .. import _xp
-from ..errors import NonFiniteIterationError
-from ._progress import progress
-from ._tree import tree_map
-from .conjugate import FenchelConjugateLBFGS
-from .networks import ICNN, PotentialMLP
-from .optim import Adam
-from .potentials import DualPotentials
+from otcore._lib import xp as _xp
+from otcore._lib.adam import Adam
+from otcore._lib.progress import progress
+from otcore._lib.tree import tree_map
+from otcore.errors import NonFiniteIterationError
+from otcore.neural.conjugate import FenchelConjugateLBFGS
+from otcore.neural.networks import ICNN, PotentialMLP
+from otcore.neural.potentials import DualPotentials
 
 __all__ = ["DEFAULT_CONJUGATE_SOLVER", "W2NeuralDual"]
 
@@ -272,7 +272,7 @@ class W2NeuralDual:
         return net
 
     def _resolve_ops(self, batch, name):
-        from ..backends.neural import ops_for_name
+        from otcore.backends.neural import ops_for_name
 
         if not array_api_compat.is_array_api_obj(batch):
             raise TypeError(f"{name} must yield arrays of shape (n, d), got {type(batch).__name__}")

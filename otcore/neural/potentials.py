@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import _xp
-from ._tree import tree_leaves
+from otcore._lib import xp as _xp
+from otcore._lib.tree import tree_leaves
 
 __all__ = ["DualPotentials"]
 
@@ -220,9 +220,9 @@ def _toy_potentials():
     """Small untrained ICNN potentials on PyTorch (for the doctests)."""
     import numpy as np
 
-    from ..backends.neural import ops_for_name
-    from .conjugate import FenchelConjugateLBFGS
-    from .networks import ICNN
+    from otcore.backends.neural import ops_for_name
+    from otcore.neural.conjugate import FenchelConjugateLBFGS
+    from otcore.neural.networks import ICNN
 
     ops = ops_for_name("torch")
     net = ICNN(2, dim_hidden=(2,))

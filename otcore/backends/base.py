@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .. import _xp
+from otcore._lib import xp as _xp
 
 
 class Adapter:

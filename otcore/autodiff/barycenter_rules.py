@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import warnings
 
-from . import _rules, _xp
-from .barycenter import _IBP, _Options, _prepare, barycenter
-from .errors import ConvergenceWarning
-from .geometry import Geometry
+from otcore._lib import xp as _xp
+from otcore.autodiff import registry as _rules
+from otcore.errors import ConvergenceWarning
+from otcore.geometry.base import Geometry
+from otcore.solvers.barycenter import _IBP, _adjoint_tolerances, _Options, _prepare, barycenter
 
-__all__ = ["implicit_barycenter"]
+__all__: list[str] = []
 
 
 class _StepAdjoint:
@@ -230,34 +231,3 @@ def _barycenter_rule(args, kwargs):
         return tuple(out_args[:n_args]) + (None,) * max(0, n_args - 3)
 
     return b, vjp_fn
-
-
-def implicit_barycenter(geom, A, weights, opts, implicit_diff):
-    """Solve on constants, then attach the fixed-point derivatives (JAX/PyTorch): the
-    framework differentiates one step at the solution, and the adapter iterates its
-    adjoint to the fixed point (first order)."""
-    ad = geom.adapter
-    sg = ad.stop_gradient
-    ibp_c = _IBP(geom._stop_gradient_copy(), sg(A), sg(weights), opts)
-    state = ibp_c.run(unrolled=False)
-    out = ibp_c.output(state)
-    z = ibp_c.to_log(state["y"], state["z"])
-    leaves = (*geom._leaves(), A, weights)
-    k = len(geom._leaves())
-    rtol, max_iter = _adjoint_tolerances(implicit_diff, A.dtype, geom.xp)
-
-    def step(z, lv):
-        """``((γ', η'), log b)`` of one step from ``z``, as a function of the leaves."""
-        ibp = _IBP(geom._with_leaves(tuple(lv[:k])), lv[k], lv[k + 1], opts)
-        _, gam, eta, lb = ibp.log_step(*z)
-        return (gam, eta), lb
-
-    lb = ad.fixed_point_output(step, z, state["lb"], leaves, rtol, max_iter)
-    out.histogram = geom.xp.exp(lb)
-    return out
-
-
-def _adjoint_tolerances(implicit_diff, dtype, xp):
-    kw = implicit_diff.solver_kwargs
-    rtol = kw.get("rtol", 1e-12 if dtype == xp.float64 else 1e-6)
-    return rtol, kw.get("max_iter", 10000)

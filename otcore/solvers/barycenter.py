@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 
-from . import _checks, _xp
-from .geometry import Geometry
-from .implicit import ImplicitDiff
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.geometry.base import Geometry
+from otcore.implicit.system import ImplicitDiff
 
 __all__ = ["BarycenterOutput", "barycenter"]
 
@@ -380,8 +381,6 @@ def _solve(geom, A, weights, opts, implicit_diff):
     adapter = geom.adapter
     differentiating = adapter.is_differentiating(*geom._leaves(), A, weights)
     if implicit_diff is not None and differentiating:
-        from ._barycenter_rules import implicit_barycenter
-
         return implicit_barycenter(geom, A, weights, opts, implicit_diff)
     ibp = _IBP(geom, A, weights, opts)
     state = ibp.run(unrolled=differentiating)
@@ -393,3 +392,34 @@ def _scale_potential(xp, h, eps):
     derivatives w.r.t. an array ε)."""
     finite = xp.isfinite(h)
     return xp.where(finite, xp.where(finite, h, xp.zeros_like(h)) * eps, h)
+
+
+def implicit_barycenter(geom, A, weights, opts, implicit_diff):
+    """Solve on constants, then attach the fixed-point derivatives (JAX/PyTorch): the
+    framework differentiates one step at the solution, and the adapter iterates its
+    adjoint to the fixed point (first order)."""
+    ad = geom.adapter
+    sg = ad.stop_gradient
+    ibp_c = _IBP(geom._stop_gradient_copy(), sg(A), sg(weights), opts)
+    state = ibp_c.run(unrolled=False)
+    out = ibp_c.output(state)
+    z = ibp_c.to_log(state["y"], state["z"])
+    leaves = (*geom._leaves(), A, weights)
+    k = len(geom._leaves())
+    rtol, max_iter = _adjoint_tolerances(implicit_diff, A.dtype, geom.xp)
+
+    def step(z, lv):
+        """``((γ', η'), log b)`` of one step from ``z``, as a function of the leaves."""
+        ibp = _IBP(geom._with_leaves(tuple(lv[:k])), lv[k], lv[k + 1], opts)
+        _, gam, eta, lb = ibp.log_step(*z)
+        return (gam, eta), lb
+
+    lb = ad.fixed_point_output(step, z, state["lb"], leaves, rtol, max_iter)
+    out.histogram = geom.xp.exp(lb)
+    return out
+
+
+def _adjoint_tolerances(implicit_diff, dtype, xp):
+    kw = implicit_diff.solver_kwargs
+    rtol = kw.get("rtol", 1e-12 if dtype == xp.float64 else 1e-6)
+    return rtol, kw.get("max_iter", 10000)

@@ -12,11 +12,11 @@ iterations than the ``x``-``y`` problem.
 
 from __future__ import annotations
 
-from . import _checks
-from .api import report
-from .geometry import Geometry, PointCloud
-from .problem import LinearProblem
-from .sinkhorn import Sinkhorn
+from otcore._lib import checks as _checks
+from otcore.geometry.base import Geometry, PointCloud
+from otcore.problem import LinearProblem
+from otcore.solvers.output import report
+from otcore.solvers.sinkhorn import Sinkhorn
 
 __all__ = ["DivergenceOutput", "sinkhorn_divergence", "sinkhorn_divergence_costs"]
 

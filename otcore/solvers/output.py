@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from . import _xp
-from .geometry import _expand
+import warnings
 
-__all__ = ["SinkhornOutput"]
+from otcore._lib import xp as _xp
+from otcore.errors import ConvergenceWarning, NonFiniteIterationError
+
+__all__ = ["SinkhornOutput", "report"]
 
 
 class SinkhornOutput:
@@ -75,7 +77,7 @@ class SinkhornOutput:
 
     @property
     def _scaled(self):
-        e1 = _expand(self.epsilon, 1)
+        e1 = _xp.expand_dims_right(self.epsilon, 1)
         xp = self.xp
         return self._get(
             "scaled",
@@ -149,14 +151,14 @@ class SinkhornOutput:
     def _side_term(self, w, h, tau):
         """Balanced: ``<w, h - ε log w>``; unbalanced: ``-<w, ρ(exp(-(h - ε log w)/ρ) - 1)>``."""
         xp = self.xp
-        e1 = _expand(self.epsilon, 1)
+        e1 = _xp.expand_dims_right(self.epsilon, 1)
         pos = w > 0
         w_safe = xp.where(pos, w, xp.ones_like(w))
         h_safe = xp.where(pos, h, xp.zeros_like(h))
         h_tilde = h_safe - e1 * xp.log(w_safe)
         if tau == 1.0:
             return self._weighted(w, h_tilde)
-        rho = _expand(self.prob.rho(tau), 1)
+        rho = _xp.expand_dims_right(self.prob.rho(tau), 1)
         return -self._weighted(w, rho * (xp.exp(-h_tilde / rho) - 1.0))
 
     @property
@@ -170,7 +172,7 @@ class SinkhornOutput:
         def compute():
             xp = self.xp
             f, g = self._cost_potentials
-            e1 = _expand(self.epsilon, 1)
+            e1 = _xp.expand_dims_right(self.epsilon, 1)
             fe, ge = _xp.divide_potential(xp, f, e1), _xp.divide_potential(xp, g, e1)
             transport_mass = xp.sum(xp.exp(fe + self._ops.lse(ge, axis=1)), axis=-1)
             mass = xp.sum(self.a, axis=-1) * xp.sum(self.b, axis=-1)
@@ -193,7 +195,7 @@ class SinkhornOutput:
     @property
     def primal_cost(self):
         """Transport cost of the plan, ``<P, C>`` (blockwise in online mode)."""
-        e1 = _expand(self.epsilon, 1)
+        e1 = _xp.expand_dims_right(self.epsilon, 1)
         f, g = self._cost_potentials
         xp = self.xp
         return self._get(
@@ -216,3 +218,26 @@ class SinkhornOutput:
 
     def __repr__(self):
         return f"SinkhornOutput(shape={self.geom.shape}, batch_shape={self.prob.batch_shape})"
+
+
+def report(out: SinkhornOutput) -> None:
+    """Raise on non-finite iterates and warn on non-convergence (eager backends only)."""
+    ad = out.geom.adapter
+    if not ad.is_concrete(out.diverged):
+        return
+    if bool(out.diverged):
+        raise NonFiniteIterationError(
+            "the Sinkhorn iterates became NaN or infinite"
+            + (
+                ""
+                if out.solver.lse_mode
+                else " (kernel mode underflows at small epsilon: use lse_mode=True)"
+            )
+        )
+    if not bool(out.xp.all(out.converged)):
+        warnings.warn(
+            f"Sinkhorn did not converge to threshold={out.solver.threshold} within "
+            f"max_iterations={out.solver.max_iterations}",
+            ConvergenceWarning,
+            stacklevel=3,
+        )

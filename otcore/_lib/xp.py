@@ -6,6 +6,8 @@ compliant namespace (NumPy, JAX, PyTorch, CuPy, array_api_strict).
 
 from __future__ import annotations
 
+import numbers
+
 import array_api_compat
 
 __all__ = [
@@ -105,3 +107,40 @@ def safe_log(xp, w):
     pos = w > 0
     w_safe = xp.where(pos, w, xp.ones_like(w))
     return xp.where(pos, xp.log(w_safe), xp.full_like(w, -float("inf")))
+
+
+def expand_dims_right(eps, k: int):
+    """Append ``k`` singleton axes to an array ε so it broadcasts against potentials/costs."""
+    if isinstance(eps, numbers.Real):
+        return eps
+    for _ in range(k):
+        eps = eps[..., None]
+    return eps
+
+
+def broadcast_shapes(*shapes):
+    out: list[int] = []
+    for shape in shapes:
+        shape = tuple(shape)
+        k = max(len(out), len(shape))
+        a = [1] * (k - len(out)) + out
+        b = [1] * (k - len(shape)) + list(shape)
+        merged = []
+        for u, v in zip(a, b):
+            if u != v and 1 not in (u, v):
+                raise ValueError(f"shapes {tuple(a)} and {tuple(b)} do not broadcast")
+            merged.append(max(u, v))
+        out = merged
+    return tuple(out)
+
+
+def unbroadcast(xp, g, shape):
+    """Sum ``g`` over the axes that broadcasting added to reach it from ``shape``."""
+    shape = tuple(shape)
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = xp.sum(g, axis=tuple(range(extra)))
+    axes = tuple(i for i, (s, t) in enumerate(zip(shape, g.shape)) if s == 1 and t != 1)
+    if axes:
+        g = xp.sum(g, axis=axes, keepdims=True)
+    return g

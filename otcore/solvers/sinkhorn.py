@@ -20,12 +20,12 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import _checks, _xp
-from .epsilon import EpsilonSchedule
-from .geometry import _expand
-from .implicit import ImplicitDiff, ImplicitSystem, marginal_target
-from .output import SinkhornOutput
-from .problem import LinearProblem
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.geometry.epsilon import EpsilonSchedule
+from otcore.implicit.system import ImplicitDiff, ImplicitSystem, marginal_target
+from otcore.problem import LinearProblem
+from otcore.solvers.output import SinkhornOutput
 
 __all__ = ["Sinkhorn"]
 
@@ -241,7 +241,7 @@ class _Iteration:
         self.ad = geom.adapter
         self.a, self.b = a, b
         self.eps = eps
-        self.e1 = _expand(eps, 1)
+        self.e1 = _xp.expand_dims_right(eps, 1)
         self.ops = geom.operators(eps, kernel=not solver.lse_mode)
         self.log_a = _xp.safe_log(self.xp, a)
         self.log_b = _xp.safe_log(self.xp, b)

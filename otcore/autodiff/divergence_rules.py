@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import array_api_compat
 
-from . import _rules
-from ._reg_ot_cost_rules import JointHVP, _check_modes, _vjp_from_output, _weight_gradient
-from .divergence import sinkhorn_divergence, sinkhorn_divergence_costs
-from .geometry import _expand
+from otcore._lib import xp as _xp
+from otcore.autodiff import registry as _rules
+from otcore.autodiff.reg_ot_cost_rules import (
+    JointHVP,
+    _check_modes,
+    _vjp_from_output,
+    _weight_gradient,
+)
+from otcore.solvers.divergence import sinkhorn_divergence, sinkhorn_divergence_costs
 
 
 def _run(args, kwargs):
@@ -58,13 +63,9 @@ def sinkhorn_divergence_vjp(args, kwargs):
             db = _add(db, None if b is None else ta + tb)
         gap = _mass_gap(xp, out_xy)
         if a is not None:
-            da = da + _rules.unbroadcast(
-                xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * a, a.shape
-            )
+            da = da + _xp.unbroadcast(xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * a, a.shape)
         if b is not None:
-            db = db - _rules.unbroadcast(
-                xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * b, b.shape
-            )
+            db = db - _xp.unbroadcast(xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * b, b.shape)
         return (dx, dy, da, db)[: max(len(args), 1)]
 
     return value, vjp_fn
@@ -99,8 +100,8 @@ def sinkhorn_divergence_costs_vjp(args, kwargs):
     def cost_bar(c, out, ct):
         if c is None or not array_api_compat.is_array_api_obj(c):
             return None  # a geometry: no cotangent
-        scale = _expand(out.geom.inv_scale_cost, 2)
-        return _rules.unbroadcast(xp, ct[..., None, None] * out.matrix * scale, c.shape)
+        scale = _xp.expand_dims_right(out.geom.inv_scale_cost, 2)
+        return _xp.unbroadcast(xp, ct[..., None, None] * out.matrix * scale, c.shape)
 
     def vjp_fn(ct):
         ct = xp.asarray(ct, dtype=value.dtype)
@@ -116,8 +117,8 @@ def sinkhorn_divergence_costs_vjp(args, kwargs):
             cost_bar(costs_and_weights[0], out_xy, ct),
             cost_bar(costs_and_weights[1], out_xx, -0.5 * ct),
             None if out_yy is None else cost_bar(costs_and_weights[2], out_yy, -0.5 * ct),
-            None if a is None else _rules.unbroadcast(xp, da, a.shape),
-            None if b is None else _rules.unbroadcast(xp, db, b.shape),
+            None if a is None else _xp.unbroadcast(xp, da, a.shape),
+            None if b is None else _xp.unbroadcast(xp, db, b.shape),
         ]
         return tuple(grads[: len(args)])
 

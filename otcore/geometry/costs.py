@@ -12,7 +12,7 @@ that receives broadcast views ``x[..., :, None, :]`` and ``y[..., None, :, :]`` 
 
 from __future__ import annotations
 
-from . import _xp
+from otcore._lib import xp as _xp
 
 __all__ = ["Cosine", "CostFn", "Euclidean", "PNorm", "SqEuclidean", "UserCost", "get_cost"]
 

@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
-from . import _rules, _sinkhorn_unrolled
-from .api import _cost_matrix_output, _point_cloud_output, reg_ot_cost, reg_ot_cost_matrix
-from .geometry import _expand
-from .implicit import ImplicitDiff, ImplicitSystem
+from otcore._lib import xp as _xp
+from otcore.api import _cost_matrix_output, _point_cloud_output, reg_ot_cost, reg_ot_cost_matrix
+from otcore.autodiff import registry as _rules
+from otcore.autodiff import sinkhorn_unrolled_rules as _sinkhorn_unrolled
+from otcore.implicit.system import ImplicitDiff, ImplicitSystem
 
 _DEFAULTS = {
     "cost": "sqeuclidean",
@@ -68,11 +69,11 @@ def _side(out, side):
         w, h, tau, other = out.a, out.f, out.prob.tau_a, out.b
     else:
         w, h, tau, other = out.b, out.g, out.prob.tau_b, out.a
-    eps = _expand(out.epsilon, 1)
+    eps = _xp.expand_dims_right(out.epsilon, 1)
     pos = w > 0
     w_safe = xp.where(pos, w, xp.ones_like(w))
     h_tilde = xp.where(pos, h, xp.zeros_like(h)) - eps * xp.log(w_safe)
-    e = 1.0 if tau == 1.0 else xp.exp(-h_tilde / _expand(out.prob.rho(tau), 1))
+    e = 1.0 if tau == 1.0 else xp.exp(-h_tilde / _xp.expand_dims_right(out.prob.rho(tau), 1))
     return w, h_tilde, tau, other, e
 
 
@@ -80,11 +81,11 @@ def _weight_gradient(out, side):
     """``∂R̃/∂w``: balanced ``h̃ - ε``; unbalanced ``-ρ(e - 1) - ε e``; plus ``ε Σ other``."""
     xp = out.xp
     w, h_tilde, tau, other, e = _side(out, side)
-    eps = _expand(out.epsilon, 1)
+    eps = _xp.expand_dims_right(out.epsilon, 1)
     if tau == 1.0:
         d = h_tilde - eps
     else:
-        d = -_expand(out.prob.rho(tau), 1) * (e - 1.0) - eps * e
+        d = -_xp.expand_dims_right(out.prob.rho(tau), 1) * (e - 1.0) - eps * e
     # zero weights: like the autodiff backends (masked terms), only the mass term remains
     d = xp.where(w > 0, d, xp.zeros_like(d))
     return d + eps * xp.sum(other, axis=-1)[..., None]
@@ -93,22 +94,22 @@ def _weight_gradient(out, side):
 def _points_gradients(out, weights):
     """Pull a scaled-cost cotangent ``weights (..., n, m)`` back to ``(dx, dy)``."""
     geom = out.geom
-    return geom.cost_fn.vjp(geom.x, geom.y, weights * _expand(geom.inv_scale_cost, 2))
+    return geom.cost_fn.vjp(geom.x, geom.y, weights * _xp.expand_dims_right(geom.inv_scale_cost, 2))
 
 
 def _assemble(xp, inputs, dx, dy, da, db, n_args):
     x, y, a, b = inputs
     if isinstance(y, str):  # (C, "matrix", a, b)
-        da_out = None if a is None else _rules.unbroadcast(xp, da, a.shape)
-        db_out = None if b is None else _rules.unbroadcast(xp, db, b.shape)
-        return (_rules.unbroadcast(xp, dx, x.shape), da_out, db_out)[: max(n_args, 1)]
-    dx_out = _rules.unbroadcast(xp, dx, x.shape)
+        da_out = None if a is None else _xp.unbroadcast(xp, da, a.shape)
+        db_out = None if b is None else _xp.unbroadcast(xp, db, b.shape)
+        return (_xp.unbroadcast(xp, dx, x.shape), da_out, db_out)[: max(n_args, 1)]
+    dx_out = _xp.unbroadcast(xp, dx, x.shape)
     if y is None:
-        dx_out, dy_out = dx_out + _rules.unbroadcast(xp, dy, x.shape), None
+        dx_out, dy_out = dx_out + _xp.unbroadcast(xp, dy, x.shape), None
     else:
-        dy_out = _rules.unbroadcast(xp, dy, y.shape)
-    da_out = None if a is None else _rules.unbroadcast(xp, da, a.shape)
-    db_out = None if b is None else _rules.unbroadcast(xp, db, b.shape)
+        dy_out = _xp.unbroadcast(xp, dy, y.shape)
+    da_out = None if a is None else _xp.unbroadcast(xp, da, a.shape)
+    db_out = None if b is None else _xp.unbroadcast(xp, db, b.shape)
     return (dx_out, dy_out, da_out, db_out)[: max(n_args, 1)]
 
 
@@ -127,7 +128,7 @@ def _vjp_from_output(inputs, out, n_args):
         ct = xp.asarray(ct, dtype=value.dtype)
         c2, c1 = ct[..., None, None], ct[..., None]
         if isinstance(inputs[1], str):  # (C, "matrix", a, b)
-            dx, dy = c2 * out.matrix * _expand(out.geom.inv_scale_cost, 2), None
+            dx, dy = c2 * out.matrix * _xp.expand_dims_right(out.geom.inv_scale_cost, 2), None
         else:
             dx, dy = _points_gradients(out, c2 * out.matrix)
         da = c1 * _weight_gradient(out, "a")
@@ -137,7 +138,7 @@ def _vjp_from_output(inputs, out, n_args):
             zu, zv = _sinkhorn_unrolled.potential_partials(out)
             c_bar, ua, ub = _sinkhorn_unrolled.pullback(out, c1 * zu, c1 * zv)
             if isinstance(inputs[1], str):
-                dx = dx + c_bar * _expand(out.geom.inv_scale_cost, 2)
+                dx = dx + c_bar * _xp.expand_dims_right(out.geom.inv_scale_cost, 2)
             else:
                 ux, uy = _points_gradients(out, c_bar)
                 dx, dy = dx + ux, dy + uy
@@ -150,7 +151,7 @@ def _vjp_from_output(inputs, out, n_args):
             pulled = system.pullback(wu, wv)
             k = len(out.geom._data_leaves())
             if k == 1:
-                dx = dx + (pulled[0] if dy is None else _rules.unbroadcast(xp, pulled[0], dx.shape))
+                dx = dx + (pulled[0] if dy is None else _xp.unbroadcast(xp, pulled[0], dx.shape))
             else:
                 dx, dy = dx + pulled[0], dy + pulled[1]
             da, db = da + pulled[-2], db + pulled[-1]
@@ -183,8 +184,8 @@ class JointHVP:
         self.xp = out.xp
         self.system = _system(out)
         self.plan = out.matrix
-        self.e1 = _expand(out.epsilon, 1)
-        self.e2 = _expand(out.epsilon, 2)
+        self.e1 = _xp.expand_dims_right(out.epsilon, 1)
+        self.e2 = _xp.expand_dims_right(out.epsilon, 2)
         self.points = hasattr(out.geom, "cost_fn")
 
     def _weight_forcing(self, side, v):
@@ -214,7 +215,7 @@ class JointHVP:
         c_dot = 0.0
         moves_points = self.points and (dx is not None or dy is not None)
         if moves_points:
-            s2 = _expand(geom.inv_scale_cost, 2)
+            s2 = _xp.expand_dims_right(geom.inv_scale_cost, 2)
             c_dot = geom.cost_fn.jvp(geom.x, geom.y, dx, dy) * s2
             pc = plan * c_dot
             g_u = g_u - xp.sum(pc, axis=-1) / e1
@@ -227,7 +228,7 @@ class JointHVP:
         zf, zg = system.solve(-e1 * g_u, -e1 * g_v)
         hx = hy = None
         if self.points:
-            s2 = _expand(geom.inv_scale_cost, 2)
+            s2 = _xp.expand_dims_right(geom.inv_scale_cost, 2)
             p_dot = plan * (zf[..., :, None] + zg[..., None, :] - c_dot) / e2
             hx, hy = geom.cost_fn.vjp(geom.x, geom.y, p_dot * s2)
             if moves_points:

@@ -26,13 +26,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from . import _checks, _xp
-from .backends import adapter_for
-from .costs import SqEuclidean, get_cost
-from .epsilon import DEFAULT_EPSILON_SCALE
-from .geometry import PointCloud
-from .problem import LinearProblem
-from .sinkhorn import Sinkhorn
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.backends import adapter_for
+from otcore.geometry.base import PointCloud
+from otcore.geometry.costs import SqEuclidean, get_cost
+from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE
+from otcore.problem import LinearProblem
+from otcore.solvers.sinkhorn import Sinkhorn
 
 __all__ = ["FreeBarycenterOutput", "free_barycenter"]
 
@@ -148,7 +149,7 @@ def free_barycenter(
 
     Example:
         >>> import numpy as np
-        >>> from otcore.free_barycenter import free_barycenter
+        >>> from otcore import free_barycenter
         >>> y = np.random.default_rng(0).normal(size=(20, 2))
         >>> X = free_barycenter([y - 1.0, y + 3.0], n_points=10, epsilon=0.5)
         >>> X.shape, np.round(X.mean(0) - y.mean(0), 4)  # the mean averages the inputs'

@@ -6,8 +6,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .. import _xp
-from ._tree import tree_leaves, tree_map
+from otcore._lib import xp as _xp
+from otcore._lib.tree import tree_leaves, tree_map
 
 __all__ = ["Adam"]
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import _rules, _xp
-from .geometry import _expand
-from .linsolve import cg, default_tolerances, normal_cg
+from otcore._lib import xp as _xp
+from otcore.implicit.linear_solvers import cg, default_tolerances, normal_cg
 
 __all__ = ["ImplicitDiff", "ImplicitSystem"]
 
@@ -106,7 +105,7 @@ class ImplicitSystem:
         self.implicit = implicit
         self.f, self.g = f, g
         self.eps = eps = geom.epsilon
-        self.e1 = e1 = _expand(eps, 1)
+        self.e1 = e1 = _xp.expand_dims_right(eps, 1)
         self.ops = geom.operators(eps)
         self.fe, self.ge = _xp.divide_potential(xp, f, e1), _xp.divide_potential(xp, g, e1)
         self.apply_p, self.apply_pt = self.ops.plan_operator(self.fe, self.ge)
@@ -233,18 +232,18 @@ class ImplicitSystem:
         """
         xp = self.xp
         geom, prob = self.geom, self.prob
-        s = _expand(geom.inv_scale_cost, 2)
+        s = _xp.expand_dims_right(geom.inv_scale_cost, 2)
         data = geom._data_leaves()
         if not hasattr(geom, "cost_fn"):  # cost-matrix geometry
-            grads = [_rules.unbroadcast(xp, self._cost_cotangent(wu, wv) * s, data[0].shape)]
+            grads = [_xp.unbroadcast(xp, self._cost_cotangent(wu, wv) * s, data[0].shape)]
         else:
             dx, dy = self._points_cotangent(wu, wv, s)
             if len(data) == 1:
-                grads = [_rules.unbroadcast(xp, dx + dy, data[0].shape)]
+                grads = [_xp.unbroadcast(xp, dx + dy, data[0].shape)]
             else:
                 grads = [
-                    _rules.unbroadcast(xp, dx, data[0].shape),
-                    _rules.unbroadcast(xp, dy, data[1].shape),
+                    _xp.unbroadcast(xp, dx, data[0].shape),
+                    _xp.unbroadcast(xp, dy, data[1].shape),
                 ]
         if len(geom._leaves()) > len(data):
             grads.append(self._epsilon_cotangent(wu, wv))
@@ -286,7 +285,7 @@ class ImplicitSystem:
         else:
             w_safe = xp.where(pos, w, xp.ones_like(w))
             d = self.e1 * wz * gamma / (tau * w_safe)
-        return _rules.unbroadcast(xp, xp.where(pos, d, xp.zeros_like(d)), w.shape)
+        return _xp.unbroadcast(xp, xp.where(pos, d, xp.zeros_like(d)), w.shape)
 
     def _epsilon_cotangent(self, wu, wv):
         """``ε̄`` for an array ε, then through ``ε = leaf * statistic`` when relative."""
@@ -309,14 +308,14 @@ class ImplicitSystem:
         ):
             if tau == 1.0:
                 continue
-            rho = _expand(prob.rho(tau), 1)
+            rho = _xp.expand_dims_right(prob.rho(tau), 1)
             pos = w > 0
             h_safe = xp.where(pos, h, xp.zeros_like(h))
             total = total + xp.sum(xp.where(pos, wz * gamma * h_safe / rho, 0.0 * h_safe), axis=-1)
         leaf = geom._epsilon_arg
         if geom._needs_eps_stat:
             total = total * geom._eps_stat
-        return _rules.unbroadcast(xp, total, leaf.shape)
+        return _xp.unbroadcast(xp, total, leaf.shape)
 
 
 def marginal_target(xp, w, h, e1, rho):
@@ -327,13 +326,15 @@ def marginal_target(xp, w, h, e1, rho):
     h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * _xp.safe_log(
         xp, xp.where(pos, w, 1.0 + 0 * w)
     )
-    return xp.where(pos, w * xp.exp(-h_tilde / _expand(rho, 1)), xp.zeros_like(h_tilde))
+    return xp.where(
+        pos, w * xp.exp(-h_tilde / _xp.expand_dims_right(rho, 1)), xp.zeros_like(h_tilde)
+    )
 
 
 def _ratio(e1, rho):
     if isinstance(rho, float) and math.isinf(rho):
         return 0.0
-    return e1 / _expand(rho, 1)
+    return e1 / _xp.expand_dims_right(rho, 1)
 
 
 def _safe_inverse(xp, d, mask):

@@ -22,12 +22,13 @@ import numbers
 
 import numpy as np
 
-from . import _checks, _xp
-from .autodiff import vjp as _vjp
-from .backends import adapter_for
-from .barycenter import barycenter
-from .divergence import sinkhorn_divergence_costs
-from .geometry import Geometry
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.autodiff.transforms import vjp as _vjp
+from otcore.backends import adapter_for
+from otcore.geometry.base import Geometry
+from otcore.solvers.barycenter import barycenter
+from otcore.solvers.divergence import sinkhorn_divergence_costs
 
 __all__ = ["WassersteinDictionary"]
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 
-from . import _checks, _xp
-from .backends import adapter_for
-from .costs import get_cost
-from .geometry import Geometry, _expand
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.backends import adapter_for
+from otcore.geometry.base import Geometry
+from otcore.geometry.costs import get_cost
 
 __all__ = ["Grid"]
 
@@ -221,8 +222,8 @@ class _GridOperators:
         self.eps = eps
         self.xp = geom.xp
         self._lse = geom.adapter.logsumexp
-        s = _expand(geom.inv_scale_cost, 2)
-        e = _expand(eps, 2)
+        s = _xp.expand_dims_right(geom.inv_scale_cost, 2)
+        e = _xp.expand_dims_right(eps, 2)
         self._ce = [c * s / e for c in geom._axis_costs_raw()]  # Ĉ_k (n_k, n_k)
         self._k = [self.xp.exp(-c) for c in self._ce] if kernel else None
 
@@ -296,5 +297,5 @@ class _GridOperators:
 
     def plan(self, fe, ge):
         """The materialised plan ``(..., N, N)`` (small grids only)."""
-        ce = self.geom.cost_matrix / _expand(self.eps, 2)
+        ce = self.geom.cost_matrix / _xp.expand_dims_right(self.eps, 2)
         return self.xp.exp(fe[..., :, None] + ge[..., None, :] - ce)

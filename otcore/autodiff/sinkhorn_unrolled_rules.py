@@ -45,10 +45,9 @@ step. Online geometries (``batch_size``) materialise each step's ``n × m`` weig
 
 from __future__ import annotations
 
-from . import _xp
-from .geometry import _expand
-from .implicit import marginal_target
-from .sinkhorn import _Iteration
+from otcore._lib import xp as _xp
+from otcore.implicit.system import marginal_target
+from otcore.solvers.sinkhorn import _Iteration
 
 __all__ = ["potential_partials", "pullback"]
 
@@ -194,7 +193,7 @@ def _pow(x, tau):
 def potential_partials(out):
     """``(∂R/∂f, ∂R/∂g)`` of ``reg_ot_cost`` at ``out``'s potentials (0 at zero weights)."""
     xp = out.xp
-    e1 = _expand(out.epsilon, 1)
+    e1 = _xp.expand_dims_right(out.epsilon, 1)
     prob = out.prob
     gamma_a = marginal_target(xp, out.a, out.f, e1, prob.rho(prob.tau_a))
     gamma_b = marginal_target(xp, out.b, out.g, e1, prob.rho(prob.tau_b))
@@ -238,5 +237,5 @@ def pullback(out, f_bar, g_bar):
             x_bar, y_bar = adjoint(t, x, y, x_bar, y_bar, acc)
         if not it.s.lse_mode:  # K = exp(-C/ε)
             kernel = out.geom.kernel_matrix(it.eps)
-            acc["C"] = -acc["K"] * kernel / _expand(it.eps, 2)
+            acc["C"] = -acc["K"] * kernel / _xp.expand_dims_right(it.eps, 2)
     return acc["C"], acc["a"], acc["b"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 
-from . import _xp
+from otcore._lib import xp as _xp
 
 
 def check_float_array(xp, name: str, x, min_ndim: int = 1):

@@ -16,23 +16,15 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import _checks, _xp
-from .backends import adapter_for
-from .costs import get_cost
-from .epsilon import DEFAULT_EPSILON_SCALE, validate_epsilon_args
+from otcore._lib import checks as _checks
+from otcore._lib import xp as _xp
+from otcore.backends import adapter_for
+from otcore.geometry.costs import get_cost
+from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, validate_epsilon_args
 
 __all__ = ["Geometry", "PointCloud"]
 
 _SCALE_NAMES = ("mean", "max_cost", "median")
-
-
-def _expand(eps, k: int):
-    """Append ``k`` singleton axes to an array ε so it broadcasts against potentials/costs."""
-    if isinstance(eps, numbers.Real):
-        return eps
-    for _ in range(k):
-        eps = eps[..., None]
-    return eps
 
 
 class Geometry:
@@ -234,14 +226,14 @@ class Geometry:
     def cost_matrix(self):
         """The scaled cost matrix ``(..., n, m)`` (materialised, also in online mode)."""
         return self._cached(
-            "cost", lambda: self._raw_cost_matrix() * _expand(self.inv_scale_cost, 2)
+            "cost", lambda: self._raw_cost_matrix() * _xp.expand_dims_right(self.inv_scale_cost, 2)
         )
 
     def _cost_blocks(self, axis: int):
         if not self.is_online:
             yield self.cost_matrix
             return
-        s = _expand(self.inv_scale_cost, 2)
+        s = _xp.expand_dims_right(self.inv_scale_cost, 2)
         for blk in self._raw_blocks(axis):
             yield blk * s
 
@@ -291,7 +283,7 @@ class Geometry:
     def kernel_matrix(self, eps=None):
         """``K = exp(-C / ε)`` (materialised)."""
         eps = self.epsilon if eps is None else eps
-        return self.xp.exp(-self.cost_matrix / _expand(eps, 2))
+        return self.xp.exp(-self.cost_matrix / _xp.expand_dims_right(eps, 2))
 
     def __repr__(self):
         return f"{type(self).__name__}(shape={self.shape}, batch_shape={self.batch_shape})"
@@ -311,7 +303,7 @@ class _Operators:
         self.xp = geom.xp
         self._lse = geom.adapter.logsumexp
         if not geom.is_online:
-            self._dense = geom.cost_matrix / _expand(eps, 2)
+            self._dense = geom.cost_matrix / _xp.expand_dims_right(eps, 2)
             # formed here, outside any loop: a lazily cached array would leak a tracer
             self._k = self.xp.exp(-self._dense) if kernel else None
 
@@ -320,7 +312,7 @@ class _Operators:
         if not self.geom.is_online:
             yield self._dense
             return
-        e2 = _expand(self.eps, 2)
+        e2 = _xp.expand_dims_right(self.eps, 2)
         for blk in self.geom._cost_blocks(axis):
             yield blk / e2
 
@@ -464,7 +456,7 @@ class PointCloud(Geometry):
                 f"x.shape={x.shape} and y.shape={y.shape}"
             )
         try:
-            _ = _broadcast_shapes(x.shape[:-2], y.shape[:-2])
+            _ = _xp.broadcast_shapes(x.shape[:-2], y.shape[:-2])
         except ValueError:
             raise ValueError(
                 f"the batch axes of x {x.shape[:-2]} and y {y.shape[:-2]} do not broadcast"
@@ -500,7 +492,7 @@ class PointCloud(Geometry):
 
     @property
     def batch_shape(self):
-        return _broadcast_shapes(self.x.shape[:-2], self.y.shape[:-2])
+        return _xp.broadcast_shapes(self.x.shape[:-2], self.y.shape[:-2])
 
     def _arrays(self):
         return (self.x, self.y)
@@ -528,19 +520,3 @@ class PointCloud(Geometry):
             m = self.y.shape[-2]
             for s in range(0, m, bs):
                 yield self.cost_fn.pairwise(self.x, self.y[..., s : min(s + bs, m), :])
-
-
-def _broadcast_shapes(*shapes):
-    out: list[int] = []
-    for shape in shapes:
-        shape = tuple(shape)
-        k = max(len(out), len(shape))
-        a = [1] * (k - len(out)) + out
-        b = [1] * (k - len(shape)) + list(shape)
-        merged = []
-        for u, v in zip(a, b):
-            if u != v and 1 not in (u, v):
-                raise ValueError(f"shapes {tuple(a)} and {tuple(b)} do not broadcast")
-            merged.append(max(u, v))
-        out = merged
-    return tuple(out)

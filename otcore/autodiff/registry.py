@@ -29,15 +29,3 @@ def register_hvp(fun):
         return rule
 
     return wrap
-
-
-def unbroadcast(xp, g, shape):
-    """Sum ``g`` over the axes that broadcasting added to reach it from ``shape``."""
-    shape = tuple(shape)
-    extra = g.ndim - len(shape)
-    if extra > 0:
-        g = xp.sum(g, axis=tuple(range(extra)))
-    axes = tuple(i for i, (s, t) in enumerate(zip(shape, g.shape)) if s == 1 and t != 1)
-    if axes:
-        g = xp.sum(g, axis=axes, keepdims=True)
-    return g

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import array_api_compat
 
-from . import _rules, _xp
-from .backends import adapter_for
+from otcore._lib import xp as _xp
+from otcore.autodiff import registry as _rules
+from otcore.backends import adapter_for
 
 __all__ = ["grad", "value_and_grad", "vjp"]
 

@@ -9,9 +9,10 @@ from otcore.api import reg_ot_cost, reg_ot_cost_matrix, solve
 from otcore.autodiff.transforms import grad, hessian, hvp, value_and_grad, vjp
 from otcore.errors import ConvergenceWarning, NonFiniteIterationError
 from otcore.geometry import costs
-from otcore.geometry.base import Geometry, PointCloud
+from otcore.geometry.base import Geometry
 from otcore.geometry.epsilon import EpsilonSchedule
 from otcore.geometry.grid import Grid
+from otcore.geometry.pointcloud import PointCloud
 from otcore.implicit.system import ImplicitDiff
 from otcore.problem import LinearProblem
 from otcore.solvers.barycenter import BarycenterOutput, barycenter

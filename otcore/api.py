@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from otcore.geometry.base import Geometry, PointCloud
+from otcore.geometry.base import Geometry
+from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
 from otcore.solvers.output import SinkhornOutput, report
 from otcore.solvers.sinkhorn import Sinkhorn

@@ -37,10 +37,10 @@ class LinearProblem:
     def __init__(self, geom: Geometry, a=None, b=None, tau_a: float = 1.0, tau_b: float = 1.0):
         if not isinstance(geom, Geometry):
             raise TypeError(f"geom must be a Geometry or PointCloud, got {type(geom).__name__}")
-        if hasattr(geom, "_bound_to") and (a is not None or b is not None):
-            geom = geom._bound_to(a if a is not None else b)  # a Grid made from a shape
+        if a is not None or b is not None:
+            geom = geom.bind_to(a if a is not None else b)  # a Grid made from a shape
         self.geom = geom
-        ref = geom._arrays()[0]
+        ref = geom.data_arrays()[0]
         names = ["geometry arrays", "a", "b"]
         _xp.namespace(ref, a, b, names=names)
         _checks.check_same_device(names, [ref, a, b])

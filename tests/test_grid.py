@@ -187,10 +187,10 @@ def test_operators_equal_dense(xp, axes3, case):
             ops, kops = geom.operators(eps), geom.operators(eps, kernel=True)
             for axis in (0, 1):
                 for r_name, r in (("none", None), ("float", 0.7), ("array", ratio)):
-                    out[name, "lse", axis, r_name] = ops.lse(u, axis, ratio=r)
+                    out[name, "lse", axis, r_name] = ops.apply_lse(u, axis, ratio=r)
                 for v_name, v in (("pos", s), ("signed", vec)):
-                    out[name, "kernel", axis, v_name] = ops.kernel(v, axis)
-                    out[name, "kernel=True", axis, v_name] = kops.kernel(v, axis)
+                    out[name, "kernel", axis, v_name] = ops.apply_kernel(v, axis)
+                    out[name, "kernel=True", axis, v_name] = kops.apply_kernel(v, axis)
                 out[name, "plan_apply", axis] = ops.plan_apply(fe, ge, vec, axis)
             p_op, pt_op = ops.plan_operator(fe, ge)
             out[name, "plan_operator", 1] = p_op(vec)
@@ -227,14 +227,14 @@ def test_operators_with_array_epsilon(xp, axes3):
     go, do = grid.operators(eps), dense.operators(eps)
     u = xp.to_xp(np.random.default_rng(1).normal(size=(4, 60)))
     for axis in (0, 1):
-        assert_rel(go.lse(u, axis), xp.to_np(do.lse(u, axis)), 1e-12)
+        assert_rel(go.apply_lse(u, axis), xp.to_np(do.apply_lse(u, axis)), 1e-12)
 
 
 def test_operators_default_epsilon_is_the_grids(axes3):
     grid, dense, _ = _grid_and_dense(np_backend(), "linspace-sq", axes3)
     assert grid.operators().eps == grid.epsilon
     u = np.random.default_rng(2).normal(size=60)
-    assert_rel(grid.operators().lse(u, 0), dense.operators(grid.epsilon).lse(u, 0), 1e-12)
+    assert_rel(grid.operators().apply_lse(u, 0), dense.operators(grid.epsilon).apply_lse(u, 0), 1e-12)
 
 
 def np_backend():
@@ -274,7 +274,7 @@ def test_default_and_relative_epsilon_and_scaling_equal_dense(xp, axes3, case):
         np.testing.assert_allclose(xp.to_np(g.cost_matrix), C / stat, rtol=1e-13, atol=1e-15)
         u = xp.to_xp(np.random.default_rng(0).normal(size=(2, C.shape[0])))
         for axis in (0, 1) if xp.name != "jax" else ():
-            assert_rel(g.operators().lse(u, axis), xp.to_np(d.operators().lse(u, axis)), 1e-12)
+            assert_rel(g.operators().apply_lse(u, axis), xp.to_np(d.operators().apply_lse(u, axis)), 1e-12)
         g, d = both(scale_cost=scale, epsilon=0.1, relative_epsilon="std")
         assert abs(float(g.epsilon) / float(d.epsilon) - 1) < 1e-12
 
@@ -582,11 +582,11 @@ def test_float32_operators_keep_dtype(xp):
     assert grid.dtype == xp.to_xp(np.zeros(1), dtype=np.float32).dtype
     u = xp.to_xp(np.random.default_rng(0).normal(size=(2, 12)), dtype=np.float32)
     ops = grid.operators()
-    for out in (ops.lse(u, 0), ops.kernel(u, 1), ops.plan_apply(u, u, u, 0)):
+    for out in (ops.apply_lse(u, 0), ops.apply_kernel(u, 1), ops.plan_apply(u, u, u, 0)):
         assert out.dtype == u.dtype and isinstance(out, xp.array_type)
     dense = ot.Geometry(xp.to_xp(_linspace_cost_of((3, 4))), epsilon=0.1).operators()
     assert_rel(
-        ops.lse(u, 0), xp.to_np(dense.lse(xp.to_xp(xp.to_np(u).astype(np.float64)), 0)), 1e-6
+        ops.apply_lse(u, 0), xp.to_np(dense.apply_lse(xp.to_xp(xp.to_np(u).astype(np.float64)), 0)), 1e-6
     )
 
 

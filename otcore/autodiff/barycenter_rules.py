@@ -47,14 +47,14 @@ class _StepAdjoint:
         # kernel mode: the softmax weights are applied with two kernel products instead
         # of exponentiating an n×m matrix (the forward pass already relies on K)
         self._apply = self.ops.plan_apply if ibp.opts.lse_mode else self._kernel_apply
-        self._lse = self.ops.lse if ibp.opts.lse_mode else self._kernel_lse
+        self._lse = self.ops.apply_lse if ibp.opts.lse_mode else self._kernel_lse
 
     def _kernel_lse(self, u, axis):
-        return self.xp.log(self.ops.kernel(self.xp.exp(u), axis=axis))
+        return self.xp.log(self.ops.apply_kernel(self.xp.exp(u), axis=axis))
 
     def _kernel_apply(self, fe, ge, vec, axis):
         """``plan_apply`` as ``e^fe ⊙ K(e^ge ⊙ vec)`` (``axis=1``) or its transpose."""
-        xp, kern = self.xp, self.ops.kernel
+        xp, kern = self.xp, self.ops.apply_kernel
         if axis == 1:
             return xp.exp(fe) * kern(xp.exp(ge) * vec, axis=1)
         return xp.exp(ge) * kern(xp.exp(fe) * vec, axis=0)

@@ -16,6 +16,7 @@ from otcore._lib import xp as _xp
 from otcore.api import _cost_matrix_output, _point_cloud_output, reg_ot_cost, reg_ot_cost_matrix
 from otcore.autodiff import registry as _rules
 from otcore.autodiff import sinkhorn_unrolled_rules as _sinkhorn_unrolled
+from otcore.geometry.pointcloud import PointCloud
 from otcore.implicit.system import ImplicitDiff, ImplicitSystem
 
 _DEFAULTS = {
@@ -149,7 +150,7 @@ def _vjp_from_output(inputs, out, n_args):
             zv = xp.where(out.b > 0, system.gamma_b - system.c, xp.zeros_like(system.c))
             wu, wv = system.solve(c1 * zu, c1 * zv)
             pulled = system.pullback(wu, wv)
-            k = len(out.geom._data_leaves())
+            k = len(out.geom.data_arrays())
             if k == 1:
                 dx = dx + (pulled[0] if dy is None else _xp.unbroadcast(xp, pulled[0], dx.shape))
             else:
@@ -186,7 +187,7 @@ class JointHVP:
         self.plan = out.matrix
         self.e1 = _xp.expand_dims_right(out.epsilon, 1)
         self.e2 = _xp.expand_dims_right(out.epsilon, 2)
-        self.points = hasattr(out.geom, "cost_fn")
+        self.points = isinstance(out.geom, PointCloud)
 
     def _weight_forcing(self, side, v):
         """``∂G/∂w · δw`` for one side (masked)."""

@@ -105,12 +105,12 @@ class _LogStepAdjoint:
         e1, ratio, ops = self._scale(t, f.dtype)
         # the forward step, recomputed
         fe = _xp.divide_potential(xp, f, e1)
-        s = it.ops.lse(fe, axis=0, ratio=ratio)
+        s = it.ops.apply_lse(fe, axis=0, ratio=ratio)
         g_new = e1 * (it.log_b - it.tau_b * s)
         g_next = it._relax(g, g_new)
         g_use = g if self.parallel else g_next
         ge = _xp.divide_potential(xp, g_use, e1)
-        r = it.ops.lse(ge, axis=1, ratio=ratio)
+        r = it.ops.apply_lse(ge, axis=1, ratio=ratio)
         f_new = e1 * (it.log_a - it.tau_a * r)
         # f' = relax(f, f_new), f_new = e log a − τ_a e LSE_j(g_use/e − Ĉ)
         f_bar_old, f_bar_new = self._relax_adjoint(f, f_new, f_bar)
@@ -159,7 +159,7 @@ class _KernelStepAdjoint:
 
     def __call__(self, t, u, v, u_bar, v_bar, acc):
         it = self.it
-        kern = it.ops.kernel
+        kern = it.ops.apply_kernel
         tau_a, tau_b = it.tau_a, it.tau_b
         # the forward step, recomputed
         kv = kern(u, axis=0)

@@ -2,8 +2,19 @@
 geometries (cost matrix, point clouds, grids), costs and ε."""
 
 from otcore.geometry import costs
-from otcore.geometry.base import Geometry, PointCloud
+from otcore.geometry.base import Geometry
 from otcore.geometry.epsilon import EpsilonSchedule
-from otcore.geometry.grid import Grid
+from otcore.geometry.grid import Grid, GridOperators
+from otcore.geometry.operators import DenseOperators, GeometryOperators
+from otcore.geometry.pointcloud import PointCloud
 
-__all__ = ["EpsilonSchedule", "Geometry", "Grid", "PointCloud", "costs"]
+__all__ = [
+    "DenseOperators",
+    "EpsilonSchedule",
+    "Geometry",
+    "GeometryOperators",
+    "Grid",
+    "GridOperators",
+    "PointCloud",
+    "costs",
+]

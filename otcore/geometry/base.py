@@ -19,10 +19,10 @@ import numbers
 from otcore._lib import checks as _checks
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
-from otcore.geometry.costs import get_cost
 from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, validate_epsilon_args
+from otcore.geometry.operators import DenseOperators
 
-__all__ = ["Geometry", "PointCloud"]
+__all__ = ["Geometry"]
 
 _SCALE_NAMES = ("mean", "max_cost", "median")
 
@@ -117,46 +117,94 @@ class Geometry:
         """Leading batch axes of the cost matrix (``()`` for a single problem)."""
         return tuple(self._raw.shape[:-2])
 
-    def _arrays(self):
+    # -- the geometry protocol: arrays, rebuilding, sharing, binding, pull-back ------
+    def data_arrays(self) -> tuple:
+        """The arrays the cost is computed from: ``(C,)`` here, ``(x, y)`` (or ``(x,)``
+        when ``y is x``) for a :class:`PointCloud`, the 1-D axes for a :class:`Grid`."""
         return (self._raw,)
 
-    def _data_leaves(self):
-        """The arrays the cost is computed from (``(C,)`` here)."""
-        return (self._raw,)
+    def _set_data_arrays(self, arrays):
+        (self._raw,) = arrays
 
-    def _set_data_leaves(self, leaves):
-        (self._raw,) = leaves
-
-    def _leaves(self):
-        """Differentiable inputs: the cost data, then ε if it was given as an array."""
+    @property
+    def has_epsilon_array(self) -> bool:
+        """True when ε was given as an array: it is then differentiable, the last entry of
+        :meth:`differentiable_arrays`."""
         eps = self._epsilon_arg
-        return self._data_leaves() + (() if eps is None or isinstance(eps, float) else (eps,))
+        return not (eps is None or isinstance(eps, float))
 
-    def _with_leaves(self, leaves):
-        """A copy with the arrays of :meth:`_leaves` replaced; statistics stay constants."""
+    def differentiable_arrays(self) -> tuple:
+        """The arrays that carry derivatives: :meth:`data_arrays`, then ε if it was given
+        as an array. Cost statistics (default or relative ε, ``scale_cost`` by name) are
+        constants (computed without gradient)."""
+        return self.data_arrays() + ((self._epsilon_arg,) if self.has_epsilon_array else ())
+
+    def with_arrays(self, arrays):
+        """A copy with the arrays of :meth:`differentiable_arrays` replaced (same order).
+
+        The cost statistics of ``self`` (resolved ε factor and cost scale) are kept as
+        constants, so the copy is the same function of the new arrays as ``self`` is of its
+        own: this is how derivatives are attached (the arrays become tracers or tensors
+        that require grad) without differentiating through a statistic.
+        """
         geom = type(self).__new__(type(self))
         geom.__dict__.update(self.__dict__)
-        k = len(self._data_leaves())
-        geom._set_data_leaves(tuple(leaves[:k]))
-        if len(leaves) > k:
-            geom._epsilon_arg = leaves[k]
+        k = len(self.data_arrays())
+        geom._set_data_arrays(tuple(arrays[:k]))
+        if len(arrays) > k:
+            geom._epsilon_arg = arrays[k]
         geom._cache = {
             "inv_scale": self.inv_scale_cost,
             **({"eps_stat": self._eps_stat} if self._needs_eps_stat else {}),
         }
         return geom
 
-    def _sharing(self, epsilon, inv_scale_cost):
-        """A copy using the given ε and cost scale (e.g. those of a divergence's x-y problem)."""
-        geom = self._with_leaves(self._data_leaves())
+    def sharing(self, epsilon, inv_scale_cost):
+        """A copy that uses the given ε and cost scale ``1/scale`` instead of its own (the
+        self-transport problems of a divergence share those of the ``x``–``y`` problem)."""
+        geom = self.with_arrays(self.data_arrays())
         geom._epsilon_arg, geom.relative_epsilon = None, None
         geom._shared = (epsilon, inv_scale_cost)
         geom._cache = {}
         return geom
 
-    def _stop_gradient_copy(self):
+    def stop_gradient(self):
         """A copy whose arrays are constants for autodiff (same ε and scale)."""
-        return self._with_leaves(tuple(self._adapter.stop_gradient(v) for v in self._leaves()))
+        sg = self._adapter.stop_gradient
+        return self.with_arrays(tuple(sg(v) for v in self.differentiable_arrays()))
+
+    def bind_to(self, array):
+        """This geometry in ``array``'s framework, dtype and device. A geometry holds its
+        own arrays, so this is ``self``; a :class:`Grid` made from a shape alone is
+        rebuilt on the first arrays it meets."""
+        return self
+
+    def cost_pullback(self, row_blocks):
+        """Cotangents of :meth:`data_arrays` from a cotangent ``C̄`` of the scaled cost.
+
+        Args:
+            row_blocks: an iterable of ``(start, block)`` pairs covering the rows of
+                ``C̄`` in order: ``block`` is ``C̄[..., start:start + k, :]``. Online
+                geometries pass one block per ``batch_size`` rows and never hold ``C̄``.
+
+        Returns:
+            A tuple aligned with :meth:`data_arrays` (for a dense geometry, ``C̄ / scale``
+            summed over broadcast axes).
+        """
+        xp = self.xp
+        blocks = [blk for _, blk in row_blocks]
+        c_bar = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=-2)
+        c_bar = c_bar * _xp.expand_dims_right(self.inv_scale_cost, 2)
+        return (_xp.unbroadcast(xp, c_bar, self._raw.shape),)
+
+    def epsilon_pullback(self, eps_bar):
+        """The cotangent of the array ε given (see :attr:`has_epsilon_array`) from the
+        cotangent ``eps_bar`` of the resolved ε (a relative ε is ``array · statistic``)."""
+        if not self.has_epsilon_array:
+            raise ValueError("this geometry's epsilon is not an array: it has no cotangent")
+        if self._needs_eps_stat:
+            eps_bar = eps_bar * self._eps_stat
+        return _xp.unbroadcast(self.xp, eps_bar, self._epsilon_arg.shape)
 
     # -- raw cost access (overridden by PointCloud) ---------------------------------
     def _raw_blocks(self, axis: int):
@@ -278,7 +326,7 @@ class Geometry:
     def operators(self, eps=None, kernel: bool = False):
         """Matrix-free operators for regularisation ``eps`` (default: :attr:`epsilon`);
         ``kernel=True`` forms ``exp(-C/ε)`` once for kernel-mode products (dense only)."""
-        return _Operators(self, self.epsilon if eps is None else eps, kernel=kernel)
+        return DenseOperators(self, self.epsilon if eps is None else eps, kernel=kernel)
 
     def kernel_matrix(self, eps=None):
         """``K = exp(-C / ε)`` (materialised)."""
@@ -287,236 +335,3 @@ class Geometry:
 
     def __repr__(self):
         return f"{type(self).__name__}(shape={self.shape}, batch_shape={self.batch_shape})"
-
-
-class _Operators:
-    """Reductions over ``C / ε`` for one ε (dense: ``C / ε`` computed once).
-
-    All inputs are dimensionless (potentials divided by ε). ``axis`` is the axis reduced:
-    ``axis=0`` sums over rows ``i`` (inputs of length ``n``, outputs of length ``m``);
-    ``axis=1`` sums over columns ``j`` (inputs of length ``m``, outputs of length ``n``).
-    """
-
-    def __init__(self, geom: Geometry, eps, kernel: bool = False):
-        self.geom = geom
-        self.eps = eps
-        self.xp = geom.xp
-        self._lse = geom.adapter.logsumexp
-        if not geom.is_online:
-            self._dense = geom.cost_matrix / _xp.expand_dims_right(eps, 2)
-            # formed here, outside any loop: a lazily cached array would leak a tracer
-            self._k = self.xp.exp(-self._dense) if kernel else None
-
-    def _blocks(self, axis):
-        """Blocks of ``C / ε`` that hold the reduced ``axis`` whole."""
-        if not self.geom.is_online:
-            yield self._dense
-            return
-        e2 = _xp.expand_dims_right(self.eps, 2)
-        for blk in self.geom._cost_blocks(axis):
-            yield blk / e2
-
-    def _concat(self, parts):
-        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=-1)
-
-    # the temporaries of one reduction hold at most this many entries: many vectors
-    # against one matrix (a barycenter's k inputs) go through in slices, which keeps
-    # them in reused memory instead of one fresh (k, n, m) array per reduction
-    _MAX_TEMPORARY = 1 << 22
-
-    def lse(self, u, axis: int, ratio=None):
-        """``LSE_k(u_k - ratio * C/ε)`` over the reduced ``axis`` (``ratio`` default 1)."""
-        n, m = self.geom.shape
-        if u.ndim >= 2 and u.shape[0] > 1 and self.geom.batch_shape == ():
-            rows = math.prod(u.shape[1:-1]) * n * m
-            step = max(1, self._MAX_TEMPORARY // max(rows, 1))
-            if step < u.shape[0]:
-                parts = [
-                    self.lse(u[s : s + step, ...], axis, ratio) for s in range(0, u.shape[0], step)
-                ]
-                return self.xp.concat(parts, axis=0)
-        parts = []
-        for ce in self._blocks(axis):
-            if ratio is not None:
-                ce = ce * ratio
-            if axis == 0:
-                parts.append(self._lse(u[..., :, None] - ce, axis=-2))
-            else:
-                parts.append(self._lse(u[..., None, :] - ce, axis=-1))
-        return self._concat(parts)
-
-    def kernel(self, s, axis: int):
-        """``K^T s`` (``axis=0``) or ``K s`` (``axis=1``) with ``K = exp(-C/ε)``."""
-        xp = self.xp
-        if not self.geom.is_online:
-            k = self._k if self._k is not None else xp.exp(-self._dense)
-            return self._matvec(k, s, axis)
-        return self._concat([self._matvec(xp.exp(-ce), s, axis) for ce in self._blocks(axis)])
-
-    def _matvec(self, mat, vec, axis):
-        """``matᵀ vec`` (``axis=0``) or ``mat vec`` (``axis=1``) over leading axes.
-
-        One matrix (no batch axes): a single matrix product with the stacked vectors
-        (``vec @ K``), not one product per vector against a broadcast copy of ``K``.
-        """
-        xp = self.xp
-        if mat.ndim == 2:
-            return xp.matmul(vec, mat if axis == 0 else xp.permute_dims(mat, (1, 0)))
-        if axis == 0:
-            return xp.matmul(vec[..., None, :], mat)[..., 0, :]
-        return xp.matmul(mat, vec[..., :, None])[..., 0]
-
-    def _plan_blocks(self, fe, ge, axis):
-        """Pairs ``(P block, C/ε block)`` holding the reduced ``axis`` whole.
-
-        ``fe = f/ε`` and ``ge = g/ε``; ``axis=0`` blocks split the columns, ``axis=1``
-        blocks split the rows.
-        """
-        xp = self.xp
-        start = 0
-        for ce in self._blocks(axis):
-            if axis == 0:
-                k = ce.shape[-1]
-                g_blk = ge[..., start : start + k]
-                yield xp.exp(fe[..., :, None] + g_blk[..., None, :] - ce), ce
-            else:
-                k = ce.shape[-2]
-                f_blk = fe[..., start : start + k]
-                yield xp.exp(f_blk[..., :, None] + ge[..., None, :] - ce), ce
-            start += k
-
-    def plan_apply(self, fe, ge, vec, axis: int):
-        """``P^T vec`` (``axis=0``, vec ``(..., n)``) or ``P vec`` (``axis=1``, vec ``(..., m)``)."""
-        return self._concat(
-            [self._matvec(p, vec, axis) for p, _ in self._plan_blocks(fe, ge, axis)]
-        )
-
-    def plan_operator(self, fe, ge):
-        """``(v -> P v, u -> Pᵀ u)``; a dense geometry forms ``P`` once, online ones never."""
-        if not self.geom.is_online:
-            p = self.plan(fe, ge)
-            return (lambda v: self._matvec(p, v, 1)), (lambda u: self._matvec(p, u, 0))
-        return (lambda v: self.plan_apply(fe, ge, v, 1)), (lambda u: self.plan_apply(fe, ge, u, 0))
-
-    def plan_dot_cost(self, fe, ge):
-        """``sum_ij P_ij C_ij`` without holding ``P`` (in online mode)."""
-        xp = self.xp
-        total = 0.0
-        for p, ce in self._plan_blocks(fe, ge, 1):
-            total = total + xp.sum(p * ce, axis=(-2, -1))
-        return total * self.eps
-
-    def plan(self, fe, ge):
-        """The materialised plan ``P (..., n, m)``."""
-        parts = [p for p, _ in self._plan_blocks(fe, ge, 1)]
-        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=-2)
-
-
-class PointCloud(Geometry):
-    """Two point clouds and a ground cost; ``C_ij = cost(x_i, y_j)``.
-
-    Args:
-        x: points ``(..., n, d)``.
-        y: points ``(..., m, d)``; ``None`` means ``x``.
-        cost: ``"sqeuclidean"`` (default), ``"euclidean"``, ``"cosine"``, a
-            :class:`otcore.costs.CostFn` (e.g. ``PNorm(p)``) or an array-API callable
-            (see :mod:`otcore.costs`).
-        epsilon, relative_epsilon, scale_cost: as in :class:`Geometry`.
-        batch_size: ``None`` (materialise ``C`` once) or a block size: online mode, where
-            costs are recomputed in blocks of ``batch_size`` rows or columns and the
-            ``n x m`` matrix is never held. Results equal the dense ones.
-
-    Example:
-        >>> import numpy as np
-        >>> x = np.random.default_rng(0).uniform(size=(5, 2))
-        >>> geom = PointCloud(x, epsilon=0.1, batch_size=2)
-        >>> geom.shape, geom.is_online
-        ((5, 5), True)
-    """
-
-    def __init__(
-        self,
-        x,
-        y=None,
-        cost="sqeuclidean",
-        epsilon=None,
-        relative_epsilon=None,
-        scale_cost=1.0,
-        batch_size=None,
-    ):
-        y_given = y is not None
-        y = x if y is None else y
-        self._adapter = adapter_for(x, y, names=["x", "y"])
-        xp = self.xp
-        _checks.check_float_array(xp, "x", x, min_ndim=2)
-        _checks.check_float_array(xp, "y", y, min_ndim=2)
-        if x.shape[-1] != y.shape[-1]:
-            raise ValueError(
-                f"x and y must have the same number of features (last axis), got "
-                f"x.shape={x.shape} and y.shape={y.shape}"
-            )
-        try:
-            _ = _xp.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-        except ValueError:
-            raise ValueError(
-                f"the batch axes of x {x.shape[:-2]} and y {y.shape[:-2]} do not broadcast"
-            ) from None
-        _checks.check_same_dtype(["x", "y"], [x, y])
-        _checks.check_same_device(["x", "y"], [x, y])
-        _checks.check_finite(self._adapter, "x", x)
-        if y_given:
-            _checks.check_finite(self._adapter, "y", y)
-        self.x, self.y = x, y
-        self.cost_fn = get_cost(cost)
-        self.batch_size = (
-            None if batch_size is None else _checks.check_positive_int("batch_size", batch_size)
-        )
-        self._raw = None
-        self._init_common(epsilon, relative_epsilon, scale_cost, reference=x)
-
-    @property
-    def is_online(self) -> bool:
-        return self.batch_size is not None
-
-    @property
-    def dtype(self):
-        return self.x.dtype
-
-    @property
-    def device(self):
-        return _xp.device_of(self.x)
-
-    @property
-    def shape(self):
-        return (self.x.shape[-2], self.y.shape[-2])
-
-    @property
-    def batch_shape(self):
-        return _xp.broadcast_shapes(self.x.shape[:-2], self.y.shape[:-2])
-
-    def _arrays(self):
-        return (self.x, self.y)
-
-    def _data_leaves(self):
-        return (self.x,) if self.y is self.x else (self.x, self.y)
-
-    def _set_data_leaves(self, leaves):
-        self.x = leaves[0]
-        self.y = leaves[0] if len(leaves) == 1 else leaves[1]
-
-    def _raw_cost_matrix(self):
-        return self._cached("raw", lambda: self.cost_fn.pairwise(self.x, self.y))
-
-    def _raw_blocks(self, axis: int):
-        if not self.is_online:
-            yield self._raw_cost_matrix()
-            return
-        bs = self.batch_size
-        if axis == 1:  # split rows
-            n = self.x.shape[-2]
-            for s in range(0, n, bs):
-                yield self.cost_fn.pairwise(self.x[..., s : min(s + bs, n), :], self.y)
-        else:  # split columns
-            m = self.y.shape[-2]
-            for s in range(0, m, bs):
-                yield self.cost_fn.pairwise(self.x, self.y[..., s : min(s + bs, m), :])

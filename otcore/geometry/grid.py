@@ -20,6 +20,7 @@ from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.base import Geometry
 from otcore.geometry.costs import get_cost
+from otcore.geometry.operators import GeometryOperators
 
 __all__ = ["Grid"]
 
@@ -128,16 +129,32 @@ class Grid(Geometry):
     def device(self):
         return _xp.device_of(self.axes[0])
 
-    def _arrays(self):
+    def data_arrays(self):
+        """The 1-D axes ``(x_1, ..., x_d)``."""
         return self.axes
 
-    def _data_leaves(self):
-        return self.axes
+    def _set_data_arrays(self, arrays):
+        self.axes = tuple(arrays)
 
-    def _set_data_leaves(self, leaves):
-        self.axes = tuple(leaves)
+    def cost_pullback(self, row_blocks):
+        """Axis cotangents from ``C̄ (N, N)``: ``C`` is a sum of per-axis costs, so axis
+        ``k`` receives ``C̄`` summed over the other axes' indices, ``C̄_k (n_k, n_k)``,
+        pulled back through its cost. ``C̄`` is materialised (the manual rules' path)."""
+        xp = self.xp
+        blocks = [blk for _, blk in row_blocks]
+        c_bar = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=-2)
+        gshape = self.grid_shape
+        d = len(gshape)
+        full = xp.reshape(c_bar * _xp.expand_dims_right(self.inv_scale_cost, 2), gshape + gshape)
+        grads = []
+        for k, (fn, ax) in enumerate(zip(self.cost_fns, self.axes)):
+            others = tuple(i for i in range(2 * d) if i not in (k, d + k))
+            c_k = xp.sum(full, axis=others) if others else full
+            dx, dy = self._adapter.cost_vjp(fn, ax[:, None], ax[:, None], c_k)
+            grads.append(xp.reshape(dx + dy, (gshape[k],)))
+        return tuple(grads)
 
-    def _bound_to(self, array):
+    def bind_to(self, array):
         """This grid, with its axes in ``array``'s namespace, dtype and device when it was
         made from a shape without ``like`` (otherwise unchanged)."""
         if self._bound or not self._from_shape:
@@ -191,7 +208,7 @@ class Grid(Geometry):
         return xp.sqrt(xp.maximum(var, xp.zeros_like(var)))
 
     def operators(self, eps=None, kernel: bool = False):
-        return _GridOperators(self, self.epsilon if eps is None else eps, kernel=kernel)
+        return GridOperators(self, self.epsilon if eps is None else eps, kernel=kernel)
 
     def __repr__(self):
         return f"Grid(grid_shape={self.grid_shape})"
@@ -209,11 +226,11 @@ def _linspace_axes(shape, like):
     return [xp.linspace(0.0, 1.0, n, dtype=dtype, device=dev) for n in shape]
 
 
-class _GridOperators:
+class GridOperators(GeometryOperators):
     """The solvers' reductions over ``C/ε`` applied one grid axis at a time.
 
     Inputs are flat ``(..., N)`` vectors (C order); ``axis`` follows
-    :class:`otcore.geometry._Operators`: ``axis=1`` reduces over columns ``j`` (output
+    :class:`otcore.geometry.operators.GeometryOperators`: ``axis=1`` reduces over columns ``j`` (output
     indexed by rows ``i``), ``axis=0`` over rows.
     """
 
@@ -243,8 +260,8 @@ class _GridOperators:
             v = xp.moveaxis(v, -1, ax)
         return xp.reshape(v, lead + (math.prod(gshape),))
 
-    def lse(self, u, axis: int, ratio=None):
-        """``LSE_k(u_k − ratio·Ĉ)`` over the reduced ``axis`` (see ``_Operators.lse``)."""
+    def apply_lse(self, u, axis: int, ratio=None):
+        """``LSE_k(u_k − ratio·Ĉ)`` over the reduced ``axis`` (see :meth:`GeometryOperators.apply_lse`)."""
 
         def one(v, k):
             ce = self._ce[k] if ratio is None else self._ce[k] * ratio
@@ -254,7 +271,7 @@ class _GridOperators:
 
         return self._along_axes(u, one)
 
-    def kernel(self, s, axis: int):
+    def apply_kernel(self, s, axis: int):
         """``K s`` (``axis=1``) or ``Kᵀ s`` (``axis=0``), ``K = ⊗_k exp(−Ĉ_k)``."""
         xp = self.xp
         ks = self._k if self._k is not None else [xp.exp(-c) for c in self._ce]
@@ -273,12 +290,9 @@ class _GridOperators:
         inner, outer = (ge, fe) if axis == 1 else (fe, ge)
         pos = _xp.safe_log(xp, xp.where(vec > 0, vec, xp.zeros_like(vec)))
         neg = _xp.safe_log(xp, xp.where(vec < 0, -vec, xp.zeros_like(vec)))
-        lp = self.lse(inner + pos, axis)
-        ln = self.lse(inner + neg, axis)
+        lp = self.apply_lse(inner + pos, axis)
+        ln = self.apply_lse(inner + neg, axis)
         return xp.exp(outer + lp) - xp.exp(outer + ln)
-
-    def plan_operator(self, fe, ge):
-        return (lambda v: self.plan_apply(fe, ge, v, 1)), (lambda u: self.plan_apply(fe, ge, u, 0))
 
     def plan_dot_cost(self, fe, ge):
         """``Σ_ij P_ij C_ij = Σ_k Σ_ij P_ij C_k``: axis ``k`` carries ``C_k·K_k``."""
@@ -297,5 +311,9 @@ class _GridOperators:
 
     def plan(self, fe, ge):
         """The materialised plan ``(..., N, N)`` (small grids only)."""
+        return next(self.plan_blocks(fe, ge, 1))[0]
+
+    def plan_blocks(self, fe, ge, axis: int):
+        """One pair ``(P, Ĉ)``, materialised (``N × N``: for the manual rules on small grids)."""
         ce = self.geom.cost_matrix / _xp.expand_dims_right(self.eps, 2)
-        return self.xp.exp(fe[..., :, None] + ge[..., None, :] - ce)
+        yield self.xp.exp(fe[..., :, None] + ge[..., None, :] - ce), ce

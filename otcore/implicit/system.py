@@ -111,8 +111,7 @@ class ImplicitSystem:
         self.apply_p, self.apply_pt = self.ops.plan_operator(self.fe, self.ge)
         self.mask_a = prob.a > 0
         self.mask_b = prob.b > 0
-        self.r = self.apply_p(xp.ones_like(g))
-        self.c = self.apply_pt(xp.ones_like(f))
+        self.r, self.c = self.ops.marginals(self.fe, self.ge)
         self.gamma_a = marginal_target(xp, prob.a, f, e1, prob.rho(prob.tau_a))
         self.gamma_b = marginal_target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
         self.diag_a = self.r + _ratio(e1, prob.rho(prob.tau_a)) * self.gamma_a
@@ -224,58 +223,29 @@ class ImplicitSystem:
 
     # -- pulling back --------------------------------------------------------------
     def pullback(self, wu, wv):
-        """``θ̄ = -ε (∂G/∂θ)ᵀ w`` for the inputs of ``Geometry._leaves`` and ``a, b``.
+        """``θ̄ = -ε (∂G/∂θ)ᵀ w`` for ``geom.differentiable_arrays()`` and ``a, b``.
 
-        A cost-matrix cotangent reaches the points through the adapter's ``cost_vjp``
-        (manual rules without autodiff, the framework's autodiff otherwise). Returns a
-        tuple aligned with ``geom._leaves() + (a, b)``.
+        The cost-matrix cotangent ``C̄ = P ∘ (wu ⊕ wv)`` is formed one row block at a
+        time and handed to the geometry's :meth:`~otcore.Geometry.cost_pullback` (points,
+        matrix or grid axes). This hand-written pull-back serves the manual rules
+        (NumPy, CuPy); autodiff backends differentiate :meth:`conditions` instead. Returns
+        a tuple aligned with ``geom.differentiable_arrays() + (a, b)``.
         """
-        xp = self.xp
         geom, prob = self.geom, self.prob
-        s = _xp.expand_dims_right(geom.inv_scale_cost, 2)
-        data = geom._data_leaves()
-        if not hasattr(geom, "cost_fn"):  # cost-matrix geometry
-            grads = [_xp.unbroadcast(xp, self._cost_cotangent(wu, wv) * s, data[0].shape)]
-        else:
-            dx, dy = self._points_cotangent(wu, wv, s)
-            if len(data) == 1:
-                grads = [_xp.unbroadcast(xp, dx + dy, data[0].shape)]
-            else:
-                grads = [
-                    _xp.unbroadcast(xp, dx, data[0].shape),
-                    _xp.unbroadcast(xp, dy, data[1].shape),
-                ]
-        if len(geom._leaves()) > len(data):
-            grads.append(self._epsilon_cotangent(wu, wv))
+        grads = list(geom.cost_pullback(self._cost_cotangent_blocks(wu, wv)))
+        if geom.has_epsilon_array:
+            grads.append(geom.epsilon_pullback(self._epsilon_cotangent(wu, wv)))
         grads.append(self._weight_cotangent(prob.a, wu, self.gamma_a, prob.tau_a))
         grads.append(self._weight_cotangent(prob.b, wv, self.gamma_b, prob.tau_b))
         return tuple(grads)
 
-    def _cost_cotangent(self, wu, wv):
-        """``C̄ = P ∘ (wu ⊕ wv)`` (dense)."""
-        return self.ops.plan(self.fe, self.ge) * (wu[..., :, None] + wv[..., None, :])
-
-    def _points_cotangent(self, wu, wv, s):
-        """``(x̄, ȳ)`` from ``C̄`` block by block (rows), never holding ``C̄`` online."""
-        xp = self.xp
-        geom = self.geom
-        x, y = geom.x, geom.y
-
-        def cost_vjp(x_, y_, g_):
-            return self.adapter.cost_vjp(geom.cost_fn, x_, y_, g_)
-
-        if not geom.is_online:
-            return cost_vjp(x, y, self._cost_cotangent(wu, wv) * s)
-        dxs, dy = [], None
+    def _cost_cotangent_blocks(self, wu, wv):
+        """``(start, C̄[start:start+k])`` with ``C̄ = P ∘ (wu ⊕ wv)``, by row blocks."""
         start = 0
-        for p_blk, _ in self.ops._plan_blocks(self.fe, self.ge, 1):
+        for p_blk, _ in self.ops.plan_blocks(self.fe, self.ge, 1):
             k = p_blk.shape[-2]
-            g_blk = p_blk * (wu[..., start : start + k, None] + wv[..., None, :]) * s
-            dx_blk, dy_blk = cost_vjp(x[..., start : start + k, :], y, g_blk)
-            dxs.append(dx_blk)
-            dy = dy_blk if dy is None else dy + dy_blk
+            yield start, p_blk * (wu[..., start : start + k, None] + wv[..., None, :])
             start += k
-        return xp.concat(dxs, axis=-2), dy
 
     def _weight_cotangent(self, w, wz, gamma, tau):
         xp = self.xp
@@ -288,12 +258,12 @@ class ImplicitSystem:
         return _xp.unbroadcast(xp, xp.where(pos, d, xp.zeros_like(d)), w.shape)
 
     def _epsilon_cotangent(self, wu, wv):
-        """``ε̄`` for an array ε, then through ``ε = leaf * statistic`` when relative."""
+        """``ε̄``: the cotangent of the resolved ε (the geometry maps it to its array)."""
         xp = self.xp
-        geom, prob = self.geom, self.prob
+        prob = self.prob
         total = 0.0
         start = 0
-        for p_blk, ce in self.ops._plan_blocks(self.fe, self.ge, 1):
+        for p_blk, ce in self.ops.plan_blocks(self.fe, self.ge, 1):
             k = p_blk.shape[-2]
             log_p = self.fe[..., start : start + k, None] + self.ge[..., None, :] - ce
             plogp = xp.where(
@@ -312,10 +282,7 @@ class ImplicitSystem:
             pos = w > 0
             h_safe = xp.where(pos, h, xp.zeros_like(h))
             total = total + xp.sum(xp.where(pos, wz * gamma * h_safe / rho, 0.0 * h_safe), axis=-1)
-        leaf = geom._epsilon_arg
-        if geom._needs_eps_stat:
-            total = total * geom._eps_stat
-        return _xp.unbroadcast(xp, total, leaf.shape)
+        return total
 
 
 def marginal_target(xp, w, h, e1, rho):

@@ -165,12 +165,12 @@ def _prepare(A, C_or_geometry, weights, epsilon, debiased):
             min_ndim=2,
         )
         geom = Geometry(C_or_geometry, epsilon=epsilon)
-    geom = geom._bound_to(A) if hasattr(geom, "_bound_to") else geom
+    geom = geom.bind_to(A)
     if geom.batch_shape != ():
         raise ValueError(
             f"the barycenter's geometry must have no batch axes, got batch shape {geom.batch_shape}"
         )
-    ref = geom._arrays()[0]
+    ref = geom.data_arrays()[0]
     names = ["geometry arrays", "A", "weights"]
     _xp.namespace(ref, A, weights, names=names)
     xp, ad = geom.xp, geom.adapter
@@ -245,7 +245,7 @@ class _IBP:
     # -- log domain ----------------------------------------------------------------
     def log_step(self, gam, eta):
         """One iteration: ``(γ, η) -> (φ, γ', η', log b)``."""
-        lse = self.ops.lse
+        lse = self.ops.apply_lse
         phi = self.log_a - lse(gam, axis=1)
         s2 = lse(phi, axis=0)
         lb = self.xp.sum(self.w[..., :, None] * s2, axis=-2)
@@ -256,7 +256,7 @@ class _IBP:
 
     def kernel_step(self, v, c):
         """One iteration on scalings: ``(v, c) -> (u, v', c', log b)``."""
-        xp, kern = self.xp, self.ops.kernel
+        xp, kern = self.xp, self.ops.apply_kernel
         u = self.a / kern(v, axis=1)
         xi = kern(u, axis=0)
         lb = xp.sum(self.w[..., :, None] * xp.log(xi), axis=-2)
@@ -271,15 +271,15 @@ class _IBP:
         slowly than the inputs' potentials)."""
         xp = self.xp
         if self.opts.lse_mode:
-            row = xp.exp(x + self.ops.lse(y, axis=1))
+            row = xp.exp(x + self.ops.apply_lse(y, axis=1))
         else:
-            row = x * self.ops.kernel(y, axis=1)
+            row = x * self.ops.apply_kernel(y, axis=1)
         err = xp.max(xp.sum(xp.abs(row - self.a), axis=-1), axis=-1)
         if self.opts.debiased:
             if self.opts.lse_mode:
-                self_marginal = xp.exp(z + self.ops.lse(z, axis=0))
+                self_marginal = xp.exp(z + self.ops.apply_lse(z, axis=0))
             else:
-                self_marginal = z * self.ops.kernel(z, axis=0)
+                self_marginal = z * self.ops.apply_kernel(z, axis=0)
             err = err + xp.sum(xp.abs(self_marginal - xp.exp(lb)), axis=-1)
         return err
 
@@ -379,7 +379,7 @@ class _IBP:
 
 def _solve(geom, A, weights, opts, implicit_diff):
     adapter = geom.adapter
-    differentiating = adapter.is_differentiating(*geom._leaves(), A, weights)
+    differentiating = adapter.is_differentiating(*geom.differentiable_arrays(), A, weights)
     if implicit_diff is not None and differentiating:
         return implicit_barycenter(geom, A, weights, opts, implicit_diff)
     ibp = _IBP(geom, A, weights, opts)
@@ -400,17 +400,17 @@ def implicit_barycenter(geom, A, weights, opts, implicit_diff):
     adjoint to the fixed point (first order)."""
     ad = geom.adapter
     sg = ad.stop_gradient
-    ibp_c = _IBP(geom._stop_gradient_copy(), sg(A), sg(weights), opts)
+    ibp_c = _IBP(geom.stop_gradient(), sg(A), sg(weights), opts)
     state = ibp_c.run(unrolled=False)
     out = ibp_c.output(state)
     z = ibp_c.to_log(state["y"], state["z"])
-    leaves = (*geom._leaves(), A, weights)
-    k = len(geom._leaves())
+    leaves = (*geom.differentiable_arrays(), A, weights)
+    k = len(geom.differentiable_arrays())
     rtol, max_iter = _adjoint_tolerances(implicit_diff, A.dtype, geom.xp)
 
     def step(z, lv):
         """``((γ', η'), log b)`` of one step from ``z``, as a function of the leaves."""
-        ibp = _IBP(geom._with_leaves(tuple(lv[:k])), lv[k], lv[k + 1], opts)
+        ibp = _IBP(geom.with_arrays(tuple(lv[:k])), lv[k], lv[k + 1], opts)
         _, gam, eta, lb = ibp.log_step(*z)
         return (gam, eta), lb
 

@@ -13,7 +13,8 @@ iterations than the ``x``-``y`` problem.
 from __future__ import annotations
 
 from otcore._lib import checks as _checks
-from otcore.geometry.base import Geometry, PointCloud
+from otcore.geometry.base import Geometry
+from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
 from otcore.solvers.output import report
 from otcore.solvers.sinkhorn import Sinkhorn
@@ -124,7 +125,7 @@ def sinkhorn_divergence(
 
     def self_geometry(z):
         geom = PointCloud(z, cost=geom_xy.cost_fn, epsilon=1.0, batch_size=batch_size)
-        return geom._sharing(geom_xy.epsilon, geom_xy.inv_scale_cost)
+        return geom.sharing(geom_xy.epsilon, geom_xy.inv_scale_cost)
 
     return _divergence(
         geom_xy,
@@ -175,7 +176,7 @@ def sinkhorn_divergence_costs(
 
     def self_geometry(c):
         geom = _as_geometry(c, 1.0, None, 1.0, weights)
-        return geom._sharing(geom_xy.epsilon, geom_xy.inv_scale_cost)
+        return geom.sharing(geom_xy.epsilon, geom_xy.inv_scale_cost)
 
     if cost_yy is None and not static_b:
         raise ValueError("cost_yy is required unless static_b=True")
@@ -192,8 +193,7 @@ def sinkhorn_divergence_costs(
 def _as_geometry(c, epsilon, relative_epsilon, scale_cost, weights=None):
     if isinstance(c, Geometry):
         # a Grid made from a shape takes the weights' namespace, dtype and device
-        bind = getattr(c, "_bound_to", None)
-        return c if bind is None or weights is None else bind(weights)
+        return c if weights is None else c.bind_to(weights)
     return Geometry(c, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost)
 
 

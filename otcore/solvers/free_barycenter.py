@@ -29,9 +29,9 @@ import numpy as np
 from otcore._lib import checks as _checks
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
-from otcore.geometry.base import PointCloud
 from otcore.geometry.costs import SqEuclidean, get_cost
 from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE
+from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
 from otcore.solvers.sinkhorn import Sinkhorn
 

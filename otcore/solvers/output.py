@@ -130,8 +130,8 @@ class SinkhornOutput:
             xp = self.xp
             fe, ge = self._scaled
             if axis == 0:
-                return xp.exp(ge + self._ops.lse(fe, axis=0))
-            return xp.exp(fe + self._ops.lse(ge, axis=1))
+                return xp.exp(ge + self._ops.apply_lse(fe, axis=0))
+            return xp.exp(fe + self._ops.apply_lse(ge, axis=1))
 
         return self._get(("marginal", axis), compute)
 
@@ -174,7 +174,7 @@ class SinkhornOutput:
             f, g = self._cost_potentials
             e1 = _xp.expand_dims_right(self.epsilon, 1)
             fe, ge = _xp.divide_potential(xp, f, e1), _xp.divide_potential(xp, g, e1)
-            transport_mass = xp.sum(xp.exp(fe + self._ops.lse(ge, axis=1)), axis=-1)
+            transport_mass = xp.sum(xp.exp(fe + self._ops.apply_lse(ge, axis=1)), axis=-1)
             mass = xp.sum(self.a, axis=-1) * xp.sum(self.b, axis=-1)
             return (
                 self._side_term(self.a, f, self.prob.tau_a)

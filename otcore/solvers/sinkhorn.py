@@ -167,13 +167,13 @@ class Sinkhorn:
         if unrolled:
             geom, a, b = prob.geom, prob.a, prob.b
         else:
-            geom, a, b = prob.geom._stop_gradient_copy(), sg(prob.a), sg(prob.b)
+            geom, a, b = prob.geom.stop_gradient(), sg(prob.a), sg(prob.b)
         f0, g0 = self._initial_potentials(prob, init)
         f0, g0 = sg(f0), sg(g0)
         iteration = _Iteration(self, prob, geom, a, b, geom.epsilon, symmetric=symmetric)
         state = iteration.run(f0, g0, unrolled)
         f, g = state["f"], state["g"]
-        leaves = (*prob.geom._leaves(), prob.a, prob.b)
+        leaves = (*prob.geom.differentiable_arrays(), prob.a, prob.b)
         if not unrolled and adapter.is_differentiating(*leaves):
             f, g = adapter.implicit_potentials(self._system_builder(prob), f, g, leaves)
         return SinkhornOutput(
@@ -189,10 +189,10 @@ class Sinkhorn:
 
     def _system_builder(self, prob):
         """``(leaves, f, g) -> ImplicitSystem`` on arrays replacing ``prob``'s leaves."""
-        k = len(prob.geom._leaves())
+        k = len(prob.geom.differentiable_arrays())
 
         def make_system(leaves, f, g):
-            geom = prob.geom._with_leaves(tuple(leaves[:k]))
+            geom = prob.geom.with_arrays(tuple(leaves[:k]))
             return ImplicitSystem(
                 prob._replace(geom, leaves[k], leaves[k + 1]), f, g, self.implicit_diff
             )
@@ -338,7 +338,7 @@ class _Iteration:
         else:
             factor = self.s.epsilon_schedule.factor(t, self.xp, f.dtype)
             e1, ratio = self.e1 * factor, 1.0 / factor
-        lse = self.ops.lse
+        lse = self.ops.apply_lse
         if self.symmetric:  # averaged c-transform of one potential: g = f
             f_new = e1 * (
                 self.log_b
@@ -358,7 +358,7 @@ class _Iteration:
         return self._relax(f, f_new), g_next
 
     def _kernel_step(self, t, u, v):
-        k = self.ops.kernel
+        k = self.ops.apply_kernel
         if self.symmetric:  # geometric average of u and its kernel update: v = u
             u_new = self.b / _pow(k(u, axis=0), self.tau_b)
             u_avg = self.xp.sqrt(u * u_new)
@@ -376,11 +376,11 @@ class _Iteration:
         if self.s.lse_mode:
             fe = _xp.divide_potential(xp, x, self.e1)
             ge = _xp.divide_potential(xp, y, self.e1)
-            col = xp.exp(ge + ops.lse(fe, axis=0))
-            row = xp.exp(fe + ops.lse(ge, axis=1)) if self.check_both else None
+            col = xp.exp(ge + ops.apply_lse(fe, axis=0))
+            row = xp.exp(fe + ops.apply_lse(ge, axis=1)) if self.check_both else None
             return row, col, x, y
-        col = y * ops.kernel(x, axis=0)
-        row = x * ops.kernel(y, axis=1) if self.check_both else None
+        col = y * ops.apply_kernel(x, axis=0)
+        row = x * ops.apply_kernel(y, axis=1) if self.check_both else None
         f = self.e1 * _xp.safe_log(xp, x) if self.check_both else None
         g = self.e1 * _xp.safe_log(xp, y) if self.check_both else None
         return row, col, f, g

@@ -175,9 +175,8 @@ class WassersteinDictionary:
             geom = C_or_geometry
         else:
             geom = Geometry(C_or_geometry, epsilon=self.epsilon)
-        if hasattr(geom, "_bound_to"):
-            geom = geom._bound_to(Y)
-        ad = adapter_for(geom._arrays()[0], Y, names=["geometry arrays", "Y"])
+        geom = geom.bind_to(Y)
+        ad = adapter_for(geom.data_arrays()[0], Y, names=["geometry arrays", "Y"])
         _checks.check_float_array(ad.xp, "Y", Y, min_ndim=2)
         n, m = geom.shape
         if Y.ndim != 2 or Y.shape[1] != n:
@@ -186,7 +185,7 @@ class WassersteinDictionary:
             raise ValueError(
                 f"the cost must be square (atoms and data share a support), got {geom.shape}"
             )
-        _checks.check_same_dtype(["geometry arrays", "Y"], [geom._arrays()[0], Y])
+        _checks.check_same_dtype(["geometry arrays", "Y"], [geom.data_arrays()[0], Y])
         _checks.check_weights(ad, "Y", Y)
         mass = ad.xp.sum(Y, axis=1)
         if _checks.fails(ad, ad.xp.abs(mass - 1.0) <= 1e-6):

@@ -234,7 +234,9 @@ def test_operators_default_epsilon_is_the_grids(axes3):
     grid, dense, _ = _grid_and_dense(np_backend(), "linspace-sq", axes3)
     assert grid.operators().eps == grid.epsilon
     u = np.random.default_rng(2).normal(size=60)
-    assert_rel(grid.operators().apply_lse(u, 0), dense.operators(grid.epsilon).apply_lse(u, 0), 1e-12)
+    assert_rel(
+        grid.operators().apply_lse(u, 0), dense.operators(grid.epsilon).apply_lse(u, 0), 1e-12
+    )
 
 
 def np_backend():
@@ -274,7 +276,9 @@ def test_default_and_relative_epsilon_and_scaling_equal_dense(xp, axes3, case):
         np.testing.assert_allclose(xp.to_np(g.cost_matrix), C / stat, rtol=1e-13, atol=1e-15)
         u = xp.to_xp(np.random.default_rng(0).normal(size=(2, C.shape[0])))
         for axis in (0, 1) if xp.name != "jax" else ():
-            assert_rel(g.operators().apply_lse(u, axis), xp.to_np(d.operators().apply_lse(u, axis)), 1e-12)
+            assert_rel(
+                g.operators().apply_lse(u, axis), xp.to_np(d.operators().apply_lse(u, axis)), 1e-12
+            )
         g, d = both(scale_cost=scale, epsilon=0.1, relative_epsilon="std")
         assert abs(float(g.epsilon) / float(d.epsilon) - 1) < 1e-12
 
@@ -586,7 +590,9 @@ def test_float32_operators_keep_dtype(xp):
         assert out.dtype == u.dtype and isinstance(out, xp.array_type)
     dense = ot.Geometry(xp.to_xp(_linspace_cost_of((3, 4))), epsilon=0.1).operators()
     assert_rel(
-        ops.apply_lse(u, 0), xp.to_np(dense.apply_lse(xp.to_xp(xp.to_np(u).astype(np.float64)), 0)), 1e-6
+        ops.apply_lse(u, 0),
+        xp.to_np(dense.apply_lse(xp.to_xp(xp.to_np(u).astype(np.float64)), 0)),
+        1e-6,
     )
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import otcore as ot
+from otcore._lib import tree as _tree
 
 NEURAL = ot.neural
 
@@ -129,18 +130,18 @@ def test_translation_displacement_and_distance():
 
 def _exact_translation_potentials(backend, m):
     """DualPotentials holding f(x) = ½‖x‖² + ⟨m, x⟩ exactly (hidden units switched off)."""
-    from otcore.backends.neural import ops_for_name
+    from otcore.backends import adapter_by_name
 
-    ops = ops_for_name(backend)
+    ops = adapter_by_name(backend).training()
     d = m.shape[0]
     net = NEURAL.ICNN(d, dim_hidden=(4,))
     p = net.init_params(np, np.float64, "cpu", seed=0)
     p["w_x"][0]["bias"] = np.full(4, -1e3)
     p["w_x"][1]["bias"] = np.full(1, -1e3)
     p["final"]["lin"] = m[:, None].astype(float)
-    params = ot.neural._tree.tree_map(lambda a: ops.asarray(a, dtype=None), p)
+    params = _tree.tree_map(lambda a: ops.asarray(a, dtype=None), p)
     g = net.init_params(np, np.float64, "cpu", seed=1)  # ∇g is only a warm start
-    g = ot.neural._tree.tree_map(lambda a: ops.asarray(a, dtype=None), g)
+    g = _tree.tree_map(lambda a: ops.asarray(a, dtype=None), g)
     solver = NEURAL.FenchelConjugateLBFGS(gtol=1e-9, max_iter=50)
     return NEURAL.DualPotentials(net, net, params, g, ops, solver)
 

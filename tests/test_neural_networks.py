@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import otcore as ot
+from otcore._lib import tree as _tree
 from otcore.neural.networks import gaussian_map
 
 
@@ -81,7 +82,7 @@ def test_same_seed_same_parameters_across_frameworks(xp):
     net = ot.neural.ICNN(3, dim_hidden=(8, 4))
     ref = net.init_params(np, np.float64, "cpu", seed=7)
     got = net.init_params(xp.namespace, xp.float64, xp.device, seed=7)
-    for a, b in zip(ot.neural._tree.tree_leaves(ref), ot.neural._tree.tree_leaves(got)):
+    for a, b in zip(_tree.tree_leaves(ref), _tree.tree_leaves(got)):
         np.testing.assert_array_equal(np.asarray(a), xp.to_np(b))
     other = net.init_params(np, np.float64, "cpu", seed=8)
     assert not np.allclose(ref["w_z"][0], other["w_z"][0])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import otcore as ot
+from otcore._lib import tree as _tree
 
 torch = pytest.importorskip("torch")
 NEURAL = ot.neural
@@ -49,7 +50,7 @@ def _solver(iters=3, **kw):
 
 
 def _copy(params):
-    return [t.detach().clone() for t in NEURAL._tree.tree_leaves(params)]
+    return [t.detach().clone() for t in _tree.tree_leaves(params)]
 
 
 # -- options ----------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def test_amortization_losses_train_g(loss):
     pot, logs = solver(_batches(), _batches(1.0, seed=1))
     moved = [
         not np.allclose(a, b.numpy())
-        for a, b in zip(NEURAL._tree.tree_leaves(first), NEURAL._tree.tree_leaves(pot.params_g))
+        for a, b in zip(_tree.tree_leaves(first), _tree.tree_leaves(pot.params_g))
     ]
     assert any(moved)
     if loss == "objective":  # mean f(x̂) − ⟨x̂, y⟩ = −(mean f*(y)) at the guess: finite
@@ -166,7 +167,7 @@ def test_torch_optim_factory():
     net = solver.neural_f
     first = net.init_params(np, np.float64, "cpu", np.random.default_rng([0, 0]))
     pot = solver(_batches(), _batches(1.0, seed=1))
-    assert made == [len(NEURAL._tree.tree_leaves(first))]
+    assert made == [len(_tree.tree_leaves(first))]
     assert not np.allclose(first["w_x"][0]["lin"], pot.params_f["w_x"][0]["lin"].numpy())
 
 

@@ -8,10 +8,6 @@ from otcore._lib.tree import tree_leaves
 __all__ = ["DualPotentials"]
 
 
-def _rowdot(xp, a, b):
-    return xp.sum(a * b, axis=-1)
-
-
 class DualPotentials:
     """The convex potential ``f`` learned by :class:`W2NeuralDual` and its conjugate.
 
@@ -27,7 +23,8 @@ class DualPotentials:
     Args:
         f_net, g_net: the networks (see :mod:`otcore.neural.networks`).
         params_f, params_g: their trained parameters.
-        ops: the framework helpers (:func:`otcore.backends.neural.ops_for`).
+        ops: the framework's training helpers (``adapter.training()``, see
+            :class:`otcore.backends.neural.TrainingOps`).
         conjugate_solver: used to fine-tune ``∇g`` into ``∇f*`` (``None``: use ``∇g``).
 
     Example:
@@ -72,7 +69,7 @@ class DualPotentials:
             return net.apply(params, x)
         xp = _xp.namespace(x)
         grad = self.ops.stop_gradient(net.apply(params, x))
-        return -other_net.apply(other_params, grad) + _rowdot(xp, grad, x)
+        return -other_net.apply(other_params, grad) + _xp.rowdot(xp, grad, x)
 
     def _f_value(self, x):
         return self._value(self.f_net, self.params_f, self.g_net, self.params_g, x)
@@ -98,7 +95,7 @@ class DualPotentials:
                 self._f_value, y, x_init=x_hat, value_and_grad=vg
             ).grad
         x_hat = self.ops.stop_gradient(x_hat)
-        return _rowdot(xp, x_hat, y) - self._f_value(x_hat), x_hat
+        return _xp.rowdot(xp, x_hat, y) - self._f_value(x_hat), x_hat
 
     def _run(self, key, fn, *args):
         if key not in self._jitted:
@@ -110,8 +107,10 @@ class DualPotentials:
         """The convex potential ``f(x)``, shape ``(n,)``, for ``x`` of shape ``(n, d)``.
 
         Example:
-            >>> import numpy as np
-            >>> pot = _toy_potentials()
+            >>> import numpy as np, otcore as ot
+            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
+            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
+            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
             >>> pot.f(np.zeros((1, 2))).shape
             (1,)
         """
@@ -125,8 +124,11 @@ class DualPotentials:
         ``finetune`` (the amortised ``g`` itself is only a warm start).
 
         Example:
-            >>> import numpy as np
-            >>> _toy_potentials().g(np.ones((3, 2))).shape
+            >>> import numpy as np, otcore as ot
+            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
+            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
+            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
+            >>> pot.g(np.ones((3, 2))).shape
             (3,)
         """
         arr, back = self._in(y, "y")
@@ -140,8 +142,11 @@ class DualPotentials:
         (target to source), the conjugate maximiser fine-tuned from ``∇g(y)``.
 
         Example:
-            >>> import numpy as np
-            >>> _toy_potentials().transport(np.ones((3, 2)), forward=False).shape
+            >>> import numpy as np, otcore as ot
+            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
+            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
+            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
+            >>> pot.transport(np.ones((3, 2)), forward=False).shape
             (3, 2)
         """
         arr, back = self._in(x, "x")
@@ -154,8 +159,11 @@ class DualPotentials:
         """Full ``W2²`` for the cost ``‖x−y‖²``: ``E‖x‖² + E‖y‖² − 2(E f(x) + E f*(y))``.
 
         Example:
-            >>> import numpy as np
-            >>> float(_toy_potentials().distance(np.zeros((4, 2)), np.zeros((4, 2))))
+            >>> import numpy as np, otcore as ot
+            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
+            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
+            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
+            >>> float(pot.distance(np.zeros((4, 2)), np.zeros((4, 2))))
             0.0
         """
         xa, back = self._in(x, "x")
@@ -164,8 +172,8 @@ class DualPotentials:
         fx = self._run("f", self._f_value, xa)
         gy, _ = self._run(("g", finetune), lambda v: self._conjugate(v, finetune), ya)
         d = (
-            xp.mean(_rowdot(xp, xa, xa))
-            + xp.mean(_rowdot(xp, ya, ya))
+            xp.mean(_xp.rowdot(xp, xa, xa))
+            + xp.mean(_xp.rowdot(xp, ya, ya))
             - 2 * (xp.mean(fx) + xp.mean(gy))
         )
         return back(self.ops.stop_gradient(d))
@@ -184,9 +192,13 @@ class DualPotentials:
             ``(fig, ax)``.
 
         Example:
-            >>> import numpy as np, matplotlib
+            >>> import numpy as np, otcore as ot
+            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
+            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
+            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
+            >>> import matplotlib
             >>> matplotlib.use("Agg")
-            >>> fig, ax = _toy_potentials().plot_ot_map(np.zeros((4, 2)), np.ones((4, 2)))
+            >>> fig, ax = pot.plot_ot_map(np.zeros((4, 2)), np.ones((4, 2)))
         """
         import matplotlib.pyplot as plt
 
@@ -214,17 +226,3 @@ class DualPotentials:
         ax.legend(loc="best")
         ax.set_aspect("equal")
         return fig, ax
-
-
-def _toy_potentials():
-    """Small untrained ICNN potentials on PyTorch (for the doctests)."""
-    import numpy as np
-
-    from otcore.backends.neural import ops_for_name
-    from otcore.neural.conjugate import FenchelConjugateLBFGS
-    from otcore.neural.networks import ICNN
-
-    ops = ops_for_name("torch")
-    net = ICNN(2, dim_hidden=(2,))
-    params = net.init_params(ops.xp, ops.asarray(np.zeros(1)).dtype, None, seed=0)
-    return DualPotentials(net, net, params, params, ops, FenchelConjugateLBFGS())

@@ -37,6 +37,8 @@ class DualPotentials:
         >>> pot = solver(x, y)
         >>> pot.transport(x).shape, pot.f(x).shape, bool(np.isfinite(pot.distance(x, y)))
         ((64, 2), (64,), True)
+        >>> pot.g(y).shape, pot.transport(y, forward=False).shape  # conjugate and inverse map
+        ((64,), (64, 2))
     """
 
     def __init__(self, f_net, g_net, params_f, params_g, ops, conjugate_solver=None):
@@ -106,13 +108,7 @@ class DualPotentials:
     def f(self, x):
         """The convex potential ``f(x)``, shape ``(n,)``, for ``x`` of shape ``(n, d)``.
 
-        Example:
-            >>> import numpy as np, otcore as ot
-            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
-            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
-            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
-            >>> pot.f(np.zeros((1, 2))).shape
-            (1,)
+        See the class example.
         """
         arr, back = self._in(x, "x")
         return back(self.ops.stop_gradient(self._run("f", self._f_value, arr)))
@@ -123,13 +119,7 @@ class DualPotentials:
         Evaluated at ``x = ∇g(y)``, fine-tuned by the conjugate solver when
         ``finetune`` (the amortised ``g`` itself is only a warm start).
 
-        Example:
-            >>> import numpy as np, otcore as ot
-            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
-            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
-            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
-            >>> pot.g(np.ones((3, 2))).shape
-            (3,)
+        See the class example.
         """
         arr, back = self._in(y, "y")
         val, _ = self._run(("g", finetune), lambda v: self._conjugate(v, finetune), arr)
@@ -141,13 +131,7 @@ class DualPotentials:
         ``forward=True``: ``∇f(x)`` (source to target). ``forward=False``: ``∇f*(y)``
         (target to source), the conjugate maximiser fine-tuned from ``∇g(y)``.
 
-        Example:
-            >>> import numpy as np, otcore as ot
-            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
-            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
-            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
-            >>> pot.transport(np.ones((3, 2)), forward=False).shape
-            (3, 2)
+        See the class example.
         """
         arr, back = self._in(x, "x")
         if forward:
@@ -158,13 +142,7 @@ class DualPotentials:
     def distance(self, x, y, finetune=True):
         """Full ``W2²`` for the cost ``‖x−y‖²``: ``E‖x‖² + E‖y‖² − 2(E f(x) + E f*(y))``.
 
-        Example:
-            >>> import numpy as np, otcore as ot
-            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
-            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
-            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
-            >>> float(pot.distance(np.zeros((4, 2)), np.zeros((4, 2))))
-            0.0
+        See the class example.
         """
         xa, back = self._in(x, "x")
         ya, _ = self._in(y, "y")
@@ -193,9 +171,8 @@ class DualPotentials:
 
         Example:
             >>> import numpy as np, otcore as ot
-            >>> net = ot.neural.ICNN(2, dim_hidden=(2,))
-            >>> pot = ot.neural.W2NeuralDual(2, net, net, num_train_iters=0, backend="torch",
-            ...     progress_bar=False)(np.zeros((4, 2)), np.ones((4, 2)))  # untrained
+            >>> solver = ot.neural.W2NeuralDual(2, num_train_iters=0, backend="torch")
+            >>> pot = solver(np.zeros((4, 2)), np.ones((4, 2)))  # untrained networks
             >>> import matplotlib
             >>> matplotlib.use("Agg")
             >>> fig, ax = pot.plot_ot_map(np.zeros((4, 2)), np.ones((4, 2)))

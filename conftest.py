@@ -3,8 +3,9 @@
 import importlib.util
 
 collect_ignore = [
-    f"otcore/backends/{name}.py"
+    f"otcore/backends/{module}.py"
     for name in ("jax", "torch", "cupy")
-    if importlib.util.find_spec("cupy" if name == "cupy" else name) is None
+    if importlib.util.find_spec(name) is None
+    for module in (name, f"neural_{name}")
 ]
 collect_ignore += ["examples", "benchmarks", "docs", "notebooks", "site"]

@@ -131,8 +131,26 @@ def _otcore_fixed_solver(ot, iters):
     )
 
 
+def _otcore_arrays(framework, device, *arrays):
+    """``arrays`` as the framework's arrays, through otcore's backend registry."""
+    from otcore.backends import adapter_by_name
+
+    try:
+        xp = adapter_by_name(framework).xp
+    except ImportError as e:
+        raise Skip(f"{framework} not importable: {e}") from None
+    return tuple(xp.asarray(a, device=device) for a in arrays)
+
+
 class _OtcoreEager(Backend):
     """otcore on an eager backend (NumPy, PyTorch, CuPy): a plain Python call."""
+
+    framework = "numpy"
+    device = None
+
+    def setup(self, x, y):
+        self.ot = _otcore()
+        self.x, self.y = _otcore_arrays(self.framework, self.device, x, y)
 
     def _solve(self, solver):
         ot = self.ot
@@ -166,18 +184,16 @@ class OtcoreNumpy(_OtcoreEager):
     def setup(self, x, y):
         if self.gpu:
             raise Skip("CPU backend (not run with --gpu)")
-        self.ot = _otcore()
-        self.x, self.y = x, y
+        super().setup(x, y)
 
 
 class OtcoreTorch(_OtcoreEager):
     name = "otcore-torch"
+    framework = "torch"
 
     def setup(self, x, y):
-        self.ot = _otcore()
         self.torch, self.device = _torch(self.gpu)
-        self.x = self.torch.as_tensor(x, device=self.device)
-        self.y = self.torch.as_tensor(y, device=self.device)
+        super().setup(x, y)
 
     def sync(self, out):
         if self.device != "cpu":
@@ -187,13 +203,13 @@ class OtcoreTorch(_OtcoreEager):
 
 class OtcoreCupy(_OtcoreEager):
     name = "otcore-cupy"
+    framework = "cupy"
 
     def setup(self, x, y):
         if not self.gpu:
             raise Skip("GPU backend (run with --gpu)")
-        self.ot = _otcore()
         self.cp = _cupy()
-        self.x, self.y = self.cp.asarray(x), self.cp.asarray(y)
+        super().setup(x, y)
 
     def sync(self, out):
         self.cp.cuda.Device().synchronize()
@@ -206,7 +222,7 @@ class OtcoreJax(Backend):
     def setup(self, x, y):
         self.ot = _otcore()
         self.jax = _jax(self.gpu)
-        self.x, self.y = self.jax.device_put(x), self.jax.device_put(y)
+        self.x, self.y = _otcore_arrays("jax", None, x, y)
 
     def _jit(self, solver, with_cost=False):
         ot, eps = self.ot, self.eps

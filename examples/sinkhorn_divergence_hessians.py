@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import otcore as ot
+from otcore.backends import adapter_by_name
 
 ALL_BACKENDS = ("numpy", "jax", "torch")
 MODES = ("unrolled", "implicit")
@@ -220,9 +221,10 @@ class Backend:
         self.options = options
         self.notes: list[str] = []
 
-    # native conversion
+    # native conversion, through otcore's backend registry (the name is the registry's)
     def to(self, arr, dtype=None):
-        raise NotImplementedError
+        xp = adapter_by_name(self.name).xp
+        return xp.asarray(np.array(arr, dtype=dtype or self.dtype, copy=True))
 
     @staticmethod
     def to_numpy(arr) -> np.ndarray:
@@ -260,9 +262,6 @@ class NumpyBackend(Backend):
             "analytic Hessian-vector products (one implicit solve per column)."
         )
 
-    def to(self, arr, dtype=None):
-        return np.asarray(arr, dtype=dtype or self.dtype)
-
     def hessian(self, mode, arg):
         s, kw = self.setup, self.kwargs(mode)
         x, y, a, b = (self.to(v) for v in (s.x, s.y, s.a, s.b))
@@ -295,9 +294,6 @@ class JaxBackend(Backend):
                 "fast compile: XLA optimisations disabled (faster jit, slower code); "
                 "timings are not those of optimised XLA code."
             )
-
-    def to(self, arr, dtype=None):
-        return self.jax.numpy.asarray(np.asarray(arr, dtype=dtype or self.dtype))
 
     def sync(self, out):
         return self.jax.block_until_ready(out)
@@ -368,10 +364,6 @@ class TorchBackend(Backend):
             "gradient loop whose convergence test is data-dependent control flow, which "
             "vmap cannot batch (aten::is_nonzero)."
         )
-
-    def to(self, arr, dtype=None):
-        dt = getattr(self.torch, dtype or self.dtype)
-        return self.torch.tensor(np.asarray(arr), dtype=dt)
 
     @staticmethod
     def to_numpy(arr):

@@ -60,7 +60,6 @@ class LinearProblem:
         _checks.check_same_dtype(names, [ref, a, b])
         self.a = _uniform(xp, n, ref) if a is None else a
         self.b = _uniform(xp, m, ref) if b is None else b
-        self._a_given, self._b_given = a is not None, b is not None
         try:
             self.batch_shape = _xp.broadcast_shapes(
                 self.a.shape[:-1], self.b.shape[:-1], geom.batch_shape

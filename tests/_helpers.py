@@ -1,16 +1,19 @@
 """Shared helpers of the test suite: backends, conversions and reference computations.
 
-Nothing here imports otcore's internals: the references are written independently of the
-library so that a test compares otcore against something it did not compute itself.
+The references are written independently of the library, so that a test compares otcore
+against something it did not compute itself; only the backends come from otcore's registry
+(:mod:`otcore.backends`): which frameworks exist, their adapters and namespaces.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
+from otcore.backends import REGISTRY, adapter_by_name
 
 CPU_BACKENDS = ("numpy", "array_api_strict", "jax", "torch")
 GPU_BACKENDS = ("cupy", "torch-cuda", "jax-gpu")
@@ -31,24 +34,45 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+class _ArrayType(type):
+    """``isinstance(x, array_type)``: the registry's test for the framework's arrays."""
+
+    def __instancecheck__(cls, x):
+        return REGISTRY[cls.framework].recognise(x)
+
+
 @dataclass
 class Backend:
     """One array library on one device, as seen by the tests.
 
+    ``name`` is the fixture's name (``"torch-cuda"``); ``framework`` the otcore backend
+    it runs (``"torch"``), whose registry entry (:data:`otcore.backends.REGISTRY`) gives the
+    adapter, the array API namespace used by ``to_xp`` and the test behind ``array_type``.
     ``to_xp(np_array)`` converts a NumPy array to this backend (keeping float64 unless
     ``dtype`` is given) and ``to_np(array)`` converts back. Attribute access falls through
-    to the array namespace, so ``xp.sum(...)`` works like the namespace's own function.
+    to the library's own module (``namespace``), so tests may write native code such as
+    ``xp.sum(...)``.
     """
 
     name: str
     namespace: object
-    _convert: object = field(repr=False)
-    array_type: type | tuple = field(repr=False, default=object)
     device: object = None
+
+    @property
+    def framework(self) -> str:
+        return self.name.split("-")[0]
+
+    @property
+    def adapter(self):
+        return adapter_by_name(self.framework)
+
+    @property
+    def array_type(self) -> type:
+        return _ArrayType(f"{self.framework}_array", (), {"framework": self.framework})
 
     def to_xp(self, arr, dtype=None):
         arr = np.array(arr, dtype=dtype, order="C", copy=True)  # keeps 0-d arrays 0-d
-        return self._convert(arr)
+        return self.adapter.xp.asarray(arr, device=self.device)
 
     @staticmethod
     def to_np(x) -> np.ndarray:
@@ -61,11 +85,10 @@ class Backend:
 def make_backend(name: str) -> Backend:
     """Build the :class:`Backend` ``name``; skip the test when it is not available."""
     if name == "numpy":
-        # NumPy reductions return 0-d results as NumPy scalars (np.generic)
-        return Backend("numpy", np, np.asarray, (np.ndarray, np.generic), "cpu")
+        return Backend("numpy", np, "cpu")
     if name == "array_api_strict":
         xps = pytest.importorskip("array_api_strict")
-        return Backend(name, xps, xps.asarray, type(xps.asarray(0.0)), xps.asarray(0.0).device)
+        return Backend(name, xps, xps.asarray(0.0).device)
     if name in ("jax", "jax-gpu"):
         jax = pytest.importorskip("jax")
         jnp = importlib.import_module("jax.numpy")
@@ -74,13 +97,12 @@ def make_backend(name: str) -> Backend:
             dev = jax.devices(platform)[0]
         except RuntimeError:
             pytest.skip(f"jax has no {platform} device")
-        return Backend(name, jnp, lambda a: jax.device_put(jnp.asarray(a), dev), jax.Array, dev)
+        return Backend(name, jnp, dev)
     if name in ("torch", "torch-cuda"):
         torch = pytest.importorskip("torch")
         if name == "torch-cuda" and not torch.cuda.is_available():
             pytest.skip("torch has no CUDA device")
-        dev = torch.device("cpu" if name == "torch" else "cuda")
-        return Backend(name, torch, lambda a: torch.asarray(a, device=dev), torch.Tensor, dev)
+        return Backend(name, torch, torch.device("cpu" if name == "torch" else "cuda"))
     if name == "cupy":
         cp = pytest.importorskip("cupy")
         try:
@@ -88,7 +110,7 @@ def make_backend(name: str) -> Backend:
                 pytest.skip("cupy sees no GPU")
         except Exception:  # no driver / no device
             pytest.skip("cupy sees no GPU")
-        return Backend(name, cp, cp.asarray, cp.ndarray, cp.cuda.Device(0))
+        return Backend(name, cp, cp.cuda.Device(0))
     raise ValueError(name)
 
 

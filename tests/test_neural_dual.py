@@ -130,9 +130,9 @@ def test_translation_displacement_and_distance():
 
 def _exact_translation_potentials(backend, m):
     """DualPotentials holding f(x) = ½‖x‖² + ⟨m, x⟩ exactly (hidden units switched off)."""
-    from otcore.backends.neural import ops_for_name
+    from otcore.backends import adapter_by_name
 
-    ops = ops_for_name(backend)
+    ops = adapter_by_name(backend).training()
     d = m.shape[0]
     net = NEURAL.ICNN(d, dim_hidden=(4,))
     p = net.init_params(np, np.float64, "cpu", seed=0)

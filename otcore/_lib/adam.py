@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -70,9 +69,10 @@ class Adam:
         count = state["count"] + 1
         b1, b2 = self.b1, self.b2
         mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["mu"], grads)
-        nu = tree_map(lambda v, g: b2 * v + (1 - b2) * (g * g), state["nu"], grads)
-        c1 = 1 - xp.exp(count * math.log(b1)) if b1 > 0 else xp.ones_like(count)
-        c2 = 1 - xp.exp(count * math.log(b2)) if b2 > 0 else xp.ones_like(count)
+        nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["nu"], grads)
+        # bias corrections; the step count as a 0-d array: one power kernel on every backend
+        t = xp.asarray(count, dtype=leaf.dtype, device=_xp.device_of(leaf))
+        c1, c2 = 1 - b1**t, 1 - b2**t
         lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
         new = tree_map(
             lambda p, m, v: p - lr * (m / c1) / (xp.sqrt(v / c2) + self.eps), params, mu, nu

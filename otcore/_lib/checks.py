@@ -51,6 +51,27 @@ def check_weights(adapter, name: str, w):
         raise ValueError(f"{name} must have positive total mass, got all zeros")
 
 
+def check_simplex(adapter, name: str, w, tol: float):
+    """Raise ``ValueError`` unless concrete ``w`` is finite, non-negative and sums to 1
+    (within ``tol``) along its last axis: a point of the simplex (or a batch of them).
+
+    Example:
+        >>> import numpy as np
+        >>> from otcore.backends import adapter_for
+        >>> check_simplex(adapter_for(np.ones(2)), "weights", np.array([0.5, 0.6]), 1e-6)
+        Traceback (most recent call last):
+        ...
+        ValueError: weights must sum to 1 (a point of the simplex)
+    """
+    check_finite(adapter, name, w)
+    xp = adapter.xp
+    if fails(adapter, w >= 0):
+        raise ValueError(f"{name} must be non-negative, got a negative entry")
+    if fails(adapter, xp.abs(xp.sum(w, axis=-1) - 1.0) <= tol):
+        where = " along the last axis" if w.ndim > 1 else ""
+        raise ValueError(f"{name} must sum to 1 (a point of the simplex){where}")
+
+
 def check_same_device(names, arrays):
     """Raise ``ValueError`` if the (non-``None``) arrays live on different devices."""
     seen = [(n, _xp.device_of(a)) for n, a in zip(names, arrays) if a is not None]

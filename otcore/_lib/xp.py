@@ -16,6 +16,7 @@ __all__ = [
     "is_floating",
     "logsumexp",
     "namespace",
+    "rowdot",
     "safe_log",
 ]
 
@@ -53,6 +54,17 @@ def namespace(*arrays, names=None):
             "all arrays must come from the same array library (got " + kinds + "); "
             "convert them to one framework first"
         ) from None
+
+
+def rowdot(xp, a, b):
+    """Row-wise inner products ``Σ_k a[..., k] b[..., k]`` (the last axis is reduced).
+
+    Example:
+        >>> import numpy as np
+        >>> rowdot(np, np.array([[1.0, 2.0], [3.0, 4.0]]), np.ones((2, 2))).tolist()
+        [3.0, 7.0]
+    """
+    return xp.sum(a * b, axis=-1)
 
 
 def device_of(x):

@@ -1,8 +1,18 @@
 """The adapter interface, with the portable (eager, Python-loop) implementation.
 
-An adapter supplies what the array API standard lacks and nothing algorithmic:
-loops, stop-gradient, a test for concrete (non-traced) values, and optionally a native
-fused ``logsumexp``. NumPy and array_api_strict use this class as is.
+An adapter supplies what the array API standard lacks and nothing algorithmic: loops,
+compilation, stop-gradient, tests for traced values, the framework's autodiff (``vjp``,
+``hvp``, ``hessian``), the implicit-derivative and fixed-point hooks, numerics (full
+precision, a native ``logsumexp``) and the training helpers of :mod:`otcore.neural`.
+Every hook is declared here with its contract; NumPy, array_api_strict and CuPy use this
+class as is, and an autodiff framework overrides what it can do better. Hooks an eager
+backend without autodiff cannot supply raise an error that names the backend.
+
+Example:
+    >>> import numpy as np
+    >>> ad = Adapter(np)
+    >>> ad.fori_loop(3, lambda i, s: s + i, 0), ad.stop_gradient(1.5), ad.is_concrete(2.0)
+    (3, 1.5, True)
 """
 
 from __future__ import annotations
@@ -54,10 +64,37 @@ class Adapter:
 
     # -- differentiation helpers -------------------------------------------------
     has_autodiff = False
+    """True when the hooks :meth:`vjp`, :meth:`hvp`, :meth:`hessian` and :meth:`training`
+    are supplied by the framework's autodiff (JAX, PyTorch)."""
+
+    def _no_autodiff(self, what: str):
+        return NotImplementedError(
+            f"the {self.name} backend has no automatic differentiation, so it cannot supply "
+            f"{what}; otcore differentiates {self.name} arrays with its manual rules "
+            "(otcore.grad, otcore.vjp, otcore.hvp, otcore.hessian)"
+        )
 
     def vjp(self, fun, args, kwargs):
-        """``(fun(*args, **kwargs), vjp_fn)`` with the framework's autodiff."""
-        raise NotImplementedError(f"{self.name} has no autodiff; otcore uses manual rules")
+        """``(fun(*args, **kwargs), vjp_fn)`` with the framework's autodiff.
+
+        ``vjp_fn(cotangent)`` returns one cotangent per positional argument (``None`` for
+        non-arrays). Eager backends without autodiff raise ``NotImplementedError``.
+        """
+        raise self._no_autodiff("vjp")
+
+    def hvp(self, fun, argnum, args, kwargs):
+        """``v -> ∇²_x fun · v`` at ``x = args[argnum]`` (``fun`` returns a scalar).
+
+        Eager backends without autodiff raise ``NotImplementedError``.
+        """
+        raise self._no_autodiff("hvp")
+
+    def hessian(self, fun, argnum, args, kwargs):
+        """The Hessian of scalar ``fun`` w.r.t. ``args[argnum]``, shape ``x.shape * 2``.
+
+        Eager backends without autodiff raise ``NotImplementedError``.
+        """
+        raise self._no_autodiff("hessian")
 
     def implicit_potentials(self, make_system, f, g, leaves):
         """Attach implicit derivatives to constant potentials ``(f, g)``.
@@ -67,6 +104,17 @@ class Adapter:
         ``(f, g)``: their derivatives come from the manual rules.
         """
         return f, g
+
+    def fixed_point_output(self, step, z, value, leaves, rtol, max_iter):
+        """``value`` with the reverse rule of the fixed point ``z = step(z, leaves)[0]``.
+
+        ``value`` is ``step(z, leaves)[1]`` at the solution ``z`` (a tuple of arrays),
+        computed on constants; the rule iterates the adjoint of ``step`` in ``z`` until
+        its relative change is below ``rtol`` (at most ``max_iter`` times) and pulls it
+        back to ``leaves`` (first order). Eager backends without autodiff return
+        ``value``: their derivatives come from the manual rules.
+        """
+        return value
 
     def cost_vjp(self, cost_fn, x, y, g):
         """Pull a cost-matrix cotangent ``g`` back to the points (manual rule)."""
@@ -84,11 +132,33 @@ class Adapter:
         """True when any of ``arrays`` takes part in an autodiff trace or graph."""
         return False
 
+    # -- training (otcore.neural) ------------------------------------------------
+    def training(self):
+        """The training helpers of :mod:`otcore.neural` for this framework.
+
+        Returns an object with the interface of
+        :class:`otcore.backends.neural_jax.JaxNeuralOps`: ``xp``, ``name``, ``asarray``,
+        ``is_native``, ``to_numpy``, ``stop_gradient``, ``input_grad``,
+        ``value_and_input_grad_fn``, ``wrap_optimizer``, ``prepare_params``,
+        ``detach_params``, ``make_train_step``, ``make_eval_step`` and ``jit``.
+        Training needs gradients w.r.t. parameters and inputs: backends without
+        autodiff raise ``TypeError``.
+        """
+        raise TypeError(
+            f"the {self.name} backend has no automatic differentiation, which the neural "
+            "dual needs (gradients w.r.t. parameters and inputs): pass JAX or PyTorch "
+            "arrays, or NumPy arrays together with backend='jax' or backend='torch'"
+        )
+
     # -- numerics -------------------------------------------------------------
     def full_precision(self):
         """Context in which matrix products run in full precision (no TF32 shortcuts)."""
         return contextlib.nullcontext()
 
     def logsumexp(self, x, axis: int):
-        """``log(sum(exp(x), axis))``, ``-inf``-safe (see :func:`otcore._xp.logsumexp`)."""
+        """``log(sum(exp(x), axis))``, ``-inf``-safe (see :func:`otcore._lib.xp.logsumexp`).
+
+        An adapter may overwrite ``x`` when it is not being differentiated (callers pass
+        a fresh temporary).
+        """
         return _xp.logsumexp(self.xp, x, axis)

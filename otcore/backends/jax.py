@@ -128,6 +128,11 @@ class JaxAdapter(Adapter):
     def stop_gradient(self, x):
         return lax.stop_gradient(x)
 
+    def training(self):
+        from otcore.backends.neural_jax import JaxNeuralOps
+
+        return JaxNeuralOps(self)
+
     def is_concrete(self, x) -> bool:
         return not isinstance(x, jax.core.Tracer)
 

@@ -3,12 +3,11 @@ over parameter pytrees, ``jax.jit`` of the whole training step, optax optimisers
 
 from __future__ import annotations
 
-import array_api_compat
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from otcore.backends.jax import JaxAdapter
+from otcore.backends.neural import TrainingOps
 
 
 class _OtcoreOptimizer:
@@ -39,31 +38,13 @@ class _OptaxOptimizer:
         return self._apply(params, updates), state
 
 
-class JaxNeuralOps:
-    """Autodiff, jit and optimiser plumbing for JAX arrays."""
-
-    name = "jax"
-
-    def __init__(self):
-        self.xp = array_api_compat.array_namespace(jnp.zeros(1))
-        self.adapter = JaxAdapter(self.xp)
+class JaxNeuralOps(TrainingOps):
+    """Autodiff, jit and optimiser plumbing for JAX arrays (``JaxAdapter.training()``)."""
 
     # -- arrays -----------------------------------------------------------------
     def asarray(self, x, dtype=None):
         """A NumPy (or other host) array as a JAX array."""
         return jnp.asarray(np.asarray(x), dtype=dtype)
-
-    def is_native(self, x) -> bool:
-        return isinstance(x, jax.Array)
-
-    def to_numpy(self, x):
-        return np.asarray(x)
-
-    def stop_gradient(self, x):
-        return jax.lax.stop_gradient(x)
-
-    def block(self, tree):
-        return jax.block_until_ready(tree)
 
     # -- input gradients ----------------------------------------------------------
     def input_grad(self, fn, x):
@@ -79,11 +60,10 @@ class JaxNeuralOps:
         return vg
 
     # -- optimisers ---------------------------------------------------------------
-    def wrap_optimizer(self, opt, name):
-        from otcore._lib.adam import Adam
+    def _wrap_adam(self, opt):
+        return _OtcoreOptimizer(opt)
 
-        if isinstance(opt, Adam):
-            return _OtcoreOptimizer(opt)
+    def _wrap_other(self, opt, name):
         if hasattr(opt, "init") and hasattr(opt, "update"):
             return _OptaxOptimizer(opt)
         raise TypeError(
@@ -119,6 +99,3 @@ class JaxNeuralOps:
 
     def detach_params(self, params):
         return params
-
-    def jit(self, fn):
-        return jax.jit(fn)

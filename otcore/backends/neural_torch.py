@@ -3,12 +3,11 @@ where the loss contains ``∇f``), parameters as leaf tensors, ``torch.optim`` f
 
 from __future__ import annotations
 
-import array_api_compat
 import numpy as np
 import torch
 
 from otcore._lib.tree import tree_leaves, tree_map, tree_unflatten
-from otcore.backends.torch import TorchAdapter
+from otcore.backends.neural import TrainingOps
 
 
 def _leaf(t):
@@ -67,30 +66,15 @@ class _TorchOptimizer:
         return params
 
 
-class TorchNeuralOps:
-    """Autodiff and optimiser plumbing for PyTorch tensors (eager)."""
-
-    name = "torch"
-
-    def __init__(self):
-        self.xp = array_api_compat.array_namespace(torch.zeros(1))
-        self.adapter = TorchAdapter(self.xp)
+class TorchNeuralOps(TrainingOps):
+    """Autodiff and optimiser plumbing for PyTorch tensors (``TorchAdapter.training()``)."""
 
     # -- arrays -----------------------------------------------------------------
     def asarray(self, x, dtype=None):
         return torch.as_tensor(np.asarray(x), dtype=dtype)
 
-    def is_native(self, x) -> bool:
-        return isinstance(x, torch.Tensor)
-
     def to_numpy(self, x):
         return x.detach().cpu().numpy()
-
-    def stop_gradient(self, x):
-        return x.detach()
-
-    def block(self, tree):
-        return tree
 
     # -- input gradients ----------------------------------------------------------
     def input_grad(self, fn, x):
@@ -113,11 +97,10 @@ class TorchNeuralOps:
         return vg
 
     # -- optimisers ---------------------------------------------------------------
-    def wrap_optimizer(self, opt, name):
-        from otcore._lib.adam import Adam
+    def _wrap_adam(self, opt):
+        return _OtcoreOptimizer(opt)
 
-        if isinstance(opt, Adam):
-            return _OtcoreOptimizer(opt)
+    def _wrap_other(self, opt, name):
         if isinstance(opt, torch.optim.Optimizer):
             raise TypeError(
                 f"{name} must be a factory params -> torch.optim.Optimizer (the parameters do "
@@ -163,6 +146,3 @@ class TorchNeuralOps:
             return tuple(v.detach() for v in (loss, *aux))
 
         return step
-
-    def jit(self, fn):
-        return fn

@@ -95,6 +95,11 @@ class TorchAdapter(Adapter):
     def stop_gradient(self, x):
         return x.detach()
 
+    def training(self):
+        from otcore.backends.neural_torch import TorchNeuralOps
+
+        return TorchNeuralOps(self)
+
     def is_differentiating(self, *arrays) -> bool:
         return torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in arrays if a is not None

@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["DEFAULT_EPSILON_SCALE", "EpsilonSchedule", "validate_epsilon_args"]
+__all__ = [
+    "DEFAULT_EPSILON_SCALE",
+    "EpsilonSchedule",
+    "check_epsilon_float",
+    "validate_epsilon_args",
+]
 
 DEFAULT_EPSILON_SCALE = 0.05
 
@@ -59,6 +64,22 @@ class EpsilonSchedule:
         return f"EpsilonSchedule(init={self.init}, decay={self.decay})"
 
 
+def check_epsilon_float(epsilon) -> float:
+    """``epsilon`` (a real number) as a float, after checking it is positive and finite.
+
+    Example:
+        >>> check_epsilon_float(0.5)
+        0.5
+        >>> check_epsilon_float(0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: epsilon must be a positive finite number, got 0.0
+    """
+    if not 0.0 < float(epsilon) < float("inf"):
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+    return float(epsilon)
+
+
 def validate_epsilon_args(epsilon, relative_epsilon):
     """Check ``epsilon``/``relative_epsilon`` types; return them normalised."""
     if relative_epsilon is not None and relative_epsilon not in ("mean", "std"):
@@ -70,9 +91,7 @@ def validate_epsilon_args(epsilon, relative_epsilon):
     if isinstance(epsilon, bool):
         raise TypeError("epsilon must be a positive float or a 0-d array, got a bool")
     if isinstance(epsilon, numbers.Real):
-        if not float(epsilon) > 0.0 or float(epsilon) == float("inf"):
-            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-        return float(epsilon), relative_epsilon
+        return check_epsilon_float(epsilon), relative_epsilon
     if not hasattr(epsilon, "shape"):
         raise TypeError(
             f"epsilon must be a positive float or an array, got {type(epsilon).__name__}"

@@ -33,10 +33,6 @@ class ConjugateResults(NamedTuple):
     num_iter: object
 
 
-def _rowdot(xp, a, b):
-    return xp.sum(a * b, axis=-1)
-
-
 @dataclass(frozen=True)
 class FenchelConjugateLBFGS:
     """Batched L-BFGS for ``x*(y) = argmin_x f(x) − ⟨x, y⟩`` (Amos 2023's fine-tuning).
@@ -147,9 +143,7 @@ class FenchelConjugateLBFGS:
                 f"x_init must have the shape of y {tuple(y.shape)}, got {tuple(x0.shape)}"
             )
         if value_and_grad is None:
-            from otcore.backends import neural as _neural
-
-            value_and_grad = _neural.ops_for(adapter).value_and_input_grad_fn(f)
+            value_and_grad = adapter.training().value_and_input_grad_fn(f)
         return _lbfgs(self, xp, adapter, value_and_grad, y, x0)
 
 
@@ -161,7 +155,7 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
 
     def obj(x):
         fx, gx = value_and_grad(x)
-        return fx - _rowdot(xp, x, y), gx - y
+        return fx - _xp.rowdot(xp, x, y), gx - y
 
     def zeros(shape):
         return xp.zeros(shape, dtype=dtype, device=dev)
@@ -175,7 +169,7 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
         zeros((m, n, d)),  # Y history
         zeros((m, n)),  # rho history (0 = empty slot)
         xp.full((n,), cfg.max_stepsize, dtype=dtype, device=dev),
-        xp.sqrt(_rowdot(xp, g0, g0)) <= cfg.gtol,  # done
+        xp.sqrt(_xp.rowdot(xp, g0, g0)) <= cfg.gtol,  # done
         xp.asarray(0, device=dev),
     )
     c1, c2 = 1e-4, 0.9
@@ -185,20 +179,20 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
         q = g
         alphas = []
         for i in range(m - 1, -1, -1):
-            a = rho[i, ...] * _rowdot(xp, s_hist[i, ...], q)
+            a = rho[i, ...] * _xp.rowdot(xp, s_hist[i, ...], q)
             q = q - a[:, None] * y_hist[i, ...]
             alphas.append(a)
-        sy = _rowdot(xp, s_hist[m - 1, ...], y_hist[m - 1, ...])
-        yy = _rowdot(xp, y_hist[m - 1, ...], y_hist[m - 1, ...])
+        sy = _xp.rowdot(xp, s_hist[m - 1, ...], y_hist[m - 1, ...])
+        yy = _xp.rowdot(xp, y_hist[m - 1, ...], y_hist[m - 1, ...])
         has = rho[m - 1, ...] > 0
         gamma = xp.where(has, sy / xp.where(has, yy, xp.ones_like(yy)), xp.ones_like(yy))
         r = gamma[:, None] * q
         for i in range(m):
-            b = rho[i, ...] * _rowdot(xp, y_hist[i, ...], r)
+            b = rho[i, ...] * _xp.rowdot(xp, y_hist[i, ...], r)
             r = r + s_hist[i, ...] * (alphas[m - 1 - i] - b)[:, None]
         p = -r
         # fall back to steepest descent where the quasi-Newton direction is not descent
-        ok = (_rowdot(xp, p, g) < 0) & xp.all(xp.isfinite(p), axis=-1)
+        ok = (_xp.rowdot(xp, p, g) < 0) & xp.all(xp.isfinite(p), axis=-1)
         return xp.where(ok[:, None], p, -g)
 
     def cond(s):
@@ -208,7 +202,7 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
     def body(s):
         x, h, g, s_hist, y_hist, rho, step, done, k = s
         p = direction(g, s_hist, y_hist, rho)
-        slope = _rowdot(xp, g, p)
+        slope = _xp.rowdot(xp, g, p)
         if cfg.linesearch_init == "increase":
             t0 = xp.where(step <= cfg.min_stepsize, cfg.max_stepsize, step * cfg.increase_factor)
             t0 = xp.clip(t0, max=cfg.max_stepsize)
@@ -228,7 +222,7 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
             ht, gt = obj(xt)
             ok = (ht <= h + c1 * t_try * slope + tol_h) & xp.isfinite(ht)
             if cfg.condition == "strong-wolfe":
-                ok = ok & (xp.abs(_rowdot(xp, gt, p)) <= c2 * xp.abs(slope))
+                ok = ok & (xp.abs(_xp.rowdot(xp, gt, p)) <= c2 * xp.abs(slope))
             take = xp.logical_not(accepted)
             x_new = xp.where(take[:, None], xt, x_new)
             h_new = xp.where(take, ht, h_new)
@@ -258,8 +252,10 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
         g_new = xp.where(move[:, None], g_new, g)
         s_vec = x_new - x
         y_vec = g_new - g
-        sy = _rowdot(xp, s_vec, y_vec)
-        good = move & (sy > 1e-10 * xp.sqrt(_rowdot(xp, s_vec, s_vec) * _rowdot(xp, y_vec, y_vec)))
+        sy = _xp.rowdot(xp, s_vec, y_vec)
+        good = move & (
+            sy > 1e-10 * xp.sqrt(_xp.rowdot(xp, s_vec, s_vec) * _xp.rowdot(xp, y_vec, y_vec))
+        )
         new_rho = xp.where(good, 1.0 / xp.where(good, sy, xp.ones_like(sy)), xp.zeros_like(sy))
         s_hist = xp.concat(
             [s_hist[1:, ...], xp.where(good[:, None], s_vec, 0.0 * s_vec)[None, ...]], axis=0
@@ -269,7 +265,7 @@ def _lbfgs(cfg, xp, adapter, value_and_grad, y, x0):
         )
         rho = xp.concat([rho[1:, ...], new_rho[None, ...]], axis=0)
         step = xp.where(move, t, step)
-        done = done | (xp.sqrt(_rowdot(xp, g_new, g_new)) <= cfg.gtol) | xp.logical_not(move)
+        done = done | (xp.sqrt(_xp.rowdot(xp, g_new, g_new)) <= cfg.gtol) | xp.logical_not(move)
         return x_new, h_new, g_new, s_hist, y_hist, rho, step, done, k + 1
 
     x, h, _, _, _, _, _, _, k = adapter.while_loop(cond, body, state)

@@ -1,7 +1,7 @@
 """Neural W2 dual (Makkuva et al. 2020; Amos 2023), as OTT-JAX's ``W2NeuralDual``.
 
-The loss is written once in array API code; the framework helpers of
-:mod:`otcore.backends.neural` supply gradients (``jax.value_and_grad`` + ``jax.jit``, or
+The loss is written once in array API code; the framework helpers returned by the
+adapters' ``training()`` hook (:mod:`otcore.backends.neural`) supply gradients (``jax.value_and_grad`` + ``jax.jit``, or
 ``torch.autograd``) and the optimiser plumbing.
 """
 
@@ -19,6 +19,7 @@ from otcore._lib import xp as _xp
 from otcore._lib.adam import Adam
 from otcore._lib.progress import progress
 from otcore._lib.tree import tree_map
+from otcore.backends import adapter_by_name, adapter_for
 from otcore.errors import NonFiniteIterationError
 from otcore.neural.conjugate import FenchelConjugateLBFGS
 from otcore.neural.networks import ICNN, PotentialMLP
@@ -38,10 +39,6 @@ DEFAULT_CONJUGATE_SOLVER = FenchelConjugateLBFGS(
 _AMORTIZATION = ("regression", "objective")
 
 
-def _rowdot(xp, a, b):
-    return xp.sum(a * b, axis=-1)
-
-
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -57,7 +54,7 @@ def _make_loss(net_a, net_b, solver, amortization_loss, pos_weights, beta, ops, 
             return net.apply(params, x)
         xp = _xp.namespace(x)
         grad = ops.stop_gradient(net.apply(params, x))
-        return -other.apply(other_params, grad) + _rowdot(xp, grad, x)
+        return -other.apply(other_params, grad) + _xp.rowdot(xp, grad, x)
 
     def gradient(net, params, x):
         if net.is_potential:
@@ -89,13 +86,13 @@ def _make_loss(net_a, net_b, solver, amortization_loss, pos_weights, beta, ops, 
             x_star = x_hat
 
         f_source = f_value(pa, source)
-        f_star = _rowdot(xp, x_star, target) - f_value(pa, x_star)
+        f_star = _xp.rowdot(xp, x_star, target) - f_value(pa, x_star)
         dual_loss = xp.mean(f_source) + xp.mean(f_star)
         if amortization_loss == "regression":
             amor_loss = xp.mean((x_hat - x_star) ** 2)
         else:
             pa_sg = tree_map(ops.stop_gradient, pa)
-            amor_loss = xp.mean(f_value(pa_sg, x_hat) - _rowdot(xp, x_hat, target))
+            amor_loss = xp.mean(f_value(pa_sg, x_hat) - _xp.rowdot(xp, x_hat, target))
         if to_optimize == "both":
             loss = dual_loss + amor_loss
         elif to_optimize == "f":
@@ -105,8 +102,8 @@ def _make_loss(net_a, net_b, solver, amortization_loss, pos_weights, beta, ops, 
         if not pos_weights:
             loss = loss + beta * (net_a.weight_penalty(pa) + net_b.weight_penalty(pb))
         w_dist = (
-            xp.mean(_rowdot(xp, source, source))
-            + xp.mean(_rowdot(xp, target, target))
+            xp.mean(_xp.rowdot(xp, source, source))
+            + xp.mean(_xp.rowdot(xp, target, target))
             - 2 * dual_loss
         )
         return loss, (dual_loss, amor_loss, w_dist)
@@ -271,38 +268,32 @@ class W2NeuralDual:
             net = dataclasses.replace(net, pos_weights=self.pos_weights)
         return net
 
-    def _resolve_ops(self, batch, name):
-        from otcore.backends.neural import ops_for_name
-
+    def _training_ops(self, batch, name):
+        """The training helpers of the batch's framework (or of ``backend=``)."""
         if not array_api_compat.is_array_api_obj(batch):
             raise TypeError(f"{name} must yield arrays of shape (n, d), got {type(batch).__name__}")
-        if array_api_compat.is_jax_array(batch):
-            native = "jax"
-        elif array_api_compat.is_torch_array(batch):
-            native = "torch"
-        else:
-            native = None
-        if native is None:
+        adapter = adapter_for(batch, names=[name])
+        if not adapter.has_autodiff:
             if self.backend is None:
                 raise TypeError(
                     f"{name} yields {type(batch).__module__}.{type(batch).__name__} arrays, which "
                     "have no automatic differentiation: pass backend='jax' or backend='torch' "
                     "to W2NeuralDual (or give JAX / PyTorch arrays)"
                 )
-            return ops_for_name(self.backend)
-        if self.backend is not None and self.backend != native:
+            return adapter_by_name(self.backend).training()
+        if self.backend is not None and self.backend != adapter.name:
             raise TypeError(
-                f"{name} yields {native} arrays but backend={self.backend!r}; drop backend= or "
-                "give NumPy arrays"
+                f"{name} yields {adapter.name} arrays but backend={self.backend!r}; drop "
+                "backend= or give NumPy arrays"
             )
-        return ops_for_name(native)
+        return adapter.training()
 
     def _prepare(self, batch, name):
         ops = self._ops
         if not array_api_compat.is_array_api_obj(batch):
             raise TypeError(f"{name} must yield arrays of shape (n, d), got {type(batch).__name__}")
         if not ops.is_native(batch):
-            if array_api_compat.is_jax_array(batch) or array_api_compat.is_torch_array(batch):
+            if adapter_for(batch, names=[name]).has_autodiff:
                 raise TypeError(f"{name} yields arrays of another framework than {ops.name}")
             x = ops.asarray(batch, dtype=None if self._dtype is None else self._dtype)
         else:
@@ -432,7 +423,7 @@ class W2NeuralDual:
 
         first = (self._next(its, "trainloader_source"), self._next(itt, "trainloader_target"))
         if self._ops is None:
-            self._ops = self._resolve_ops(first[0], "trainloader_source")
+            self._ops = self._training_ops(first[0], "trainloader_source")
             self._dtype = None
             src = self._prepare(first[0], "trainloader_source")
             self._dtype = src.dtype

@@ -8,10 +8,6 @@ from otcore._lib.tree import tree_leaves
 __all__ = ["DualPotentials"]
 
 
-def _rowdot(xp, a, b):
-    return xp.sum(a * b, axis=-1)
-
-
 class DualPotentials:
     """The convex potential ``f`` learned by :class:`W2NeuralDual` and its conjugate.
 
@@ -27,7 +23,8 @@ class DualPotentials:
     Args:
         f_net, g_net: the networks (see :mod:`otcore.neural.networks`).
         params_f, params_g: their trained parameters.
-        ops: the framework helpers (:func:`otcore.backends.neural.ops_for`).
+        ops: the framework's training helpers (``adapter.training()``, see
+            :class:`otcore.backends.neural.TrainingOps`).
         conjugate_solver: used to fine-tune ``∇g`` into ``∇f*`` (``None``: use ``∇g``).
 
     Example:
@@ -40,6 +37,8 @@ class DualPotentials:
         >>> pot = solver(x, y)
         >>> pot.transport(x).shape, pot.f(x).shape, bool(np.isfinite(pot.distance(x, y)))
         ((64, 2), (64,), True)
+        >>> pot.g(y).shape, pot.transport(y, forward=False).shape  # conjugate and inverse map
+        ((64,), (64, 2))
     """
 
     def __init__(self, f_net, g_net, params_f, params_g, ops, conjugate_solver=None):
@@ -72,7 +71,7 @@ class DualPotentials:
             return net.apply(params, x)
         xp = _xp.namespace(x)
         grad = self.ops.stop_gradient(net.apply(params, x))
-        return -other_net.apply(other_params, grad) + _rowdot(xp, grad, x)
+        return -other_net.apply(other_params, grad) + _xp.rowdot(xp, grad, x)
 
     def _f_value(self, x):
         return self._value(self.f_net, self.params_f, self.g_net, self.params_g, x)
@@ -98,7 +97,7 @@ class DualPotentials:
                 self._f_value, y, x_init=x_hat, value_and_grad=vg
             ).grad
         x_hat = self.ops.stop_gradient(x_hat)
-        return _rowdot(xp, x_hat, y) - self._f_value(x_hat), x_hat
+        return _xp.rowdot(xp, x_hat, y) - self._f_value(x_hat), x_hat
 
     def _run(self, key, fn, *args):
         if key not in self._jitted:
@@ -109,11 +108,7 @@ class DualPotentials:
     def f(self, x):
         """The convex potential ``f(x)``, shape ``(n,)``, for ``x`` of shape ``(n, d)``.
 
-        Example:
-            >>> import numpy as np
-            >>> pot = _toy_potentials()
-            >>> pot.f(np.zeros((1, 2))).shape
-            (1,)
+        See the class example.
         """
         arr, back = self._in(x, "x")
         return back(self.ops.stop_gradient(self._run("f", self._f_value, arr)))
@@ -124,10 +119,7 @@ class DualPotentials:
         Evaluated at ``x = ∇g(y)``, fine-tuned by the conjugate solver when
         ``finetune`` (the amortised ``g`` itself is only a warm start).
 
-        Example:
-            >>> import numpy as np
-            >>> _toy_potentials().g(np.ones((3, 2))).shape
-            (3,)
+        See the class example.
         """
         arr, back = self._in(y, "y")
         val, _ = self._run(("g", finetune), lambda v: self._conjugate(v, finetune), arr)
@@ -139,10 +131,7 @@ class DualPotentials:
         ``forward=True``: ``∇f(x)`` (source to target). ``forward=False``: ``∇f*(y)``
         (target to source), the conjugate maximiser fine-tuned from ``∇g(y)``.
 
-        Example:
-            >>> import numpy as np
-            >>> _toy_potentials().transport(np.ones((3, 2)), forward=False).shape
-            (3, 2)
+        See the class example.
         """
         arr, back = self._in(x, "x")
         if forward:
@@ -153,10 +142,7 @@ class DualPotentials:
     def distance(self, x, y, finetune=True):
         """Full ``W2²`` for the cost ``‖x−y‖²``: ``E‖x‖² + E‖y‖² − 2(E f(x) + E f*(y))``.
 
-        Example:
-            >>> import numpy as np
-            >>> float(_toy_potentials().distance(np.zeros((4, 2)), np.zeros((4, 2))))
-            0.0
+        See the class example.
         """
         xa, back = self._in(x, "x")
         ya, _ = self._in(y, "y")
@@ -164,8 +150,8 @@ class DualPotentials:
         fx = self._run("f", self._f_value, xa)
         gy, _ = self._run(("g", finetune), lambda v: self._conjugate(v, finetune), ya)
         d = (
-            xp.mean(_rowdot(xp, xa, xa))
-            + xp.mean(_rowdot(xp, ya, ya))
+            xp.mean(_xp.rowdot(xp, xa, xa))
+            + xp.mean(_xp.rowdot(xp, ya, ya))
             - 2 * (xp.mean(fx) + xp.mean(gy))
         )
         return back(self.ops.stop_gradient(d))
@@ -184,9 +170,12 @@ class DualPotentials:
             ``(fig, ax)``.
 
         Example:
-            >>> import numpy as np, matplotlib
+            >>> import numpy as np, otcore as ot
+            >>> solver = ot.neural.W2NeuralDual(2, num_train_iters=0, backend="torch")
+            >>> pot = solver(np.zeros((4, 2)), np.ones((4, 2)))  # untrained networks
+            >>> import matplotlib
             >>> matplotlib.use("Agg")
-            >>> fig, ax = _toy_potentials().plot_ot_map(np.zeros((4, 2)), np.ones((4, 2)))
+            >>> fig, ax = pot.plot_ot_map(np.zeros((4, 2)), np.ones((4, 2)))
         """
         import matplotlib.pyplot as plt
 
@@ -214,17 +203,3 @@ class DualPotentials:
         ax.legend(loc="best")
         ax.set_aspect("equal")
         return fig, ax
-
-
-def _toy_potentials():
-    """Small untrained ICNN potentials on PyTorch (for the doctests)."""
-    import numpy as np
-
-    from otcore.backends.neural import ops_for_name
-    from otcore.neural.conjugate import FenchelConjugateLBFGS
-    from otcore.neural.networks import ICNN
-
-    ops = ops_for_name("torch")
-    net = ICNN(2, dim_hidden=(2,))
-    params = net.init_params(ops.xp, ops.asarray(np.zeros(1)).dtype, None, seed=0)
-    return DualPotentials(net, net, params, params, ops, FenchelConjugateLBFGS())

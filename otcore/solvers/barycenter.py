@@ -205,11 +205,7 @@ def _prepare(A, C_or_geometry, weights, epsilon, debiased):
                 f"weights must have length k = {k} (the number of columns of A) on its last "
                 f"axis, got shape {tuple(weights.shape)}"
             )
-        _checks.check_finite(ad, "weights", weights)
-        if _checks.fails(ad, weights >= 0):
-            raise ValueError("weights must be non-negative, got a negative entry")
-        if _checks.fails(ad, xp.abs(xp.sum(weights, axis=-1) - 1.0) <= tol):
-            raise ValueError("weights must sum to 1 (a point of the simplex) along the last axis")
+        _checks.check_simplex(ad, "weights", weights, tol)
     if debiased:
         if n != m:
             raise ValueError(

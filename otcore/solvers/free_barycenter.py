@@ -30,7 +30,7 @@ from otcore._lib import checks as _checks
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.costs import SqEuclidean, get_cost
-from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE
+from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, check_epsilon_float
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
 from otcore.solvers.sinkhorn import Sinkhorn
@@ -263,9 +263,7 @@ class _Problem:
                     f"bs[{s}] must have shape ({m},), one weight per point of ys[{s}], got "
                     f"{tuple(b.shape)}"
                 )
-            _checks.check_weights(ad, f"bs[{s}]", b)
-            if _checks.fails(ad, xp.abs(xp.sum(b) - 1.0) <= 1e-5):
-                raise ValueError(f"bs[{s}] must sum to 1 (a probability vector)")
+            _checks.check_simplex(ad, f"bs[{s}]", b, 1e-5)
         if weights is None:
             weights = xp.full((k,), 1.0 / k, dtype=dt, device=dev)
         else:
@@ -275,11 +273,7 @@ class _Problem:
                     f"weights must have shape (k,) = ({k},), one per input cloud, got "
                     f"{tuple(weights.shape)}"
                 )
-            _checks.check_finite(ad, "weights", weights)
-            if _checks.fails(ad, weights >= 0):
-                raise ValueError("weights must be non-negative, got a negative entry")
-            if _checks.fails(ad, xp.abs(xp.sum(weights) - 1.0) <= 1e-5):
-                raise ValueError("weights must sum to 1 (a point of the simplex)")
+            _checks.check_simplex(ad, "weights", weights, 1e-5)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
         if n_points is not None:
@@ -329,9 +323,7 @@ class _Problem:
                 raise TypeError(
                     f"epsilon must be None or a positive float, got {type(epsilon).__name__}"
                 )
-            if not 0.0 < float(epsilon) < math.inf:
-                raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-            return float(epsilon)
+            return check_epsilon_float(epsilon)
         xp, ad = self.xp, self.adapter
         sg = ad.stop_gradient
         x0 = sg(self.x_init)

@@ -24,6 +24,8 @@ import numpy as np
 
 from otcore._lib import checks as _checks
 from otcore._lib import xp as _xp
+from otcore._lib.adam import Adam
+from otcore._lib.progress import progress
 from otcore.autodiff.transforms import vjp as _vjp
 from otcore.backends import adapter_for
 from otcore.geometry.base import Geometry
@@ -196,44 +198,37 @@ class WassersteinDictionary:
 
     def _optimise(self, geom, Y, params, trainable, steps=None):
         """Adam on ``params = [α (k, n), λ (M, k)]`` for the entries in ``trainable``."""
-        ad = geom.adapter
-        xp = geom.xp
-        b1, b2 = self.betas
-        lr, eps_adam = self.learning_rate, self.adam_eps
         steps = self.n_iterations if steps is None else steps
         objective = self._objective(geom, Y)
+        b1, b2 = self.betas
+        opt = Adam(learning_rate=self.learning_rate, b1=b1, b2=b2, eps=self.adam_eps)
 
-        def step(t, params, m1, m2):
+        def step(params, state):
             value, grads = objective(*params)
-            new_p, new_m1, new_m2 = [], [], []
-            for i, (p, g, u, v) in enumerate(zip(params, grads, m1, m2)):
-                if i not in trainable:
-                    new_p.append(p)
-                    new_m1.append(u)
-                    new_m2.append(v)
-                    continue
-                u = b1 * u + (1 - b1) * g
-                v = b2 * v + (1 - b2) * g * g
-                u_hat = u / (1 - b1**t)
-                v_hat = v / (1 - b2**t)
-                new_p.append(p - lr * u_hat / (xp.sqrt(v_hat) + eps_adam))
-                new_m1.append(u)
-                new_m2.append(v)
-            return value, new_p, new_m1, new_m2
+            new, state = opt.update(
+                [grads[i] for i in trainable], state, [params[i] for i in trainable]
+            )
+            params = list(params)
+            for i, p in zip(trainable, new):
+                params[i] = p
+            return value, params, state
 
-        step = ad.jit(step)
-        m1 = [xp.zeros_like(p) for p in params]
-        m2 = [xp.zeros_like(p) for p in params]
+        step = geom.adapter.jit(step)
+        state = opt.init([params[i] for i in trainable])
         history = []
-        for t in _progress(range(1, steps + 1), self.progress, "dictionary"):
-            t_arr = xp.asarray(float(t), dtype=Y.dtype, device=_xp.device_of(Y))
-            value, params, m1, m2 = step(t_arr, params, m1, m2)
-            history.append(float(value))
-            if not np.isfinite(history[-1]):
-                raise FloatingPointError(
-                    f"the loss became non-finite at step {t}: lower learning_rate or raise "
-                    "epsilon (kernel mode underflows for small ε: use lse_mode=True)"
-                )
+        bar = progress(steps, "dictionary", self.progress)
+        try:
+            for t in range(1, steps + 1):
+                value, params, state = step(params, state)
+                history.append(float(value))
+                bar.update(1)
+                if not np.isfinite(history[-1]):
+                    raise FloatingPointError(
+                        f"the loss became non-finite at step {t}: lower learning_rate or raise "
+                        "epsilon (kernel mode underflows for small ε: use lse_mode=True)"
+                    )
+        finally:
+            bar.close()
         return params, history
 
     def _objective(self, geom, Y):
@@ -302,13 +297,3 @@ def _softmax(xp, z):
 def _softmax_vjp(xp, s, s_bar):
     """Pull ``s_bar`` back through ``s = softmax(z)`` (last axis): ``s ⊙ (s̄ − ⟨s, s̄⟩)``."""
     return s * (s_bar - xp.sum(s * s_bar, axis=-1, keepdims=True))
-
-
-def _progress(iterable, show, desc):
-    if not show:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is optional
-        return iterable
-    return tqdm(iterable, desc=desc)

@@ -10,7 +10,8 @@ install-demo:
 
 demo: install-demo
 	$(PY) examples/demo.py
-	$(PY) examples/sinkhorn_divergence_hessians.py --figure sinkhorn_divergence_hessians.png
+	$(PY) examples/hessians.py
+	$(PY) benchmarks/sinkhorn_divergence_hessians.py --figure sinkhorn_divergence_hessians.png
 
 install-test:
 	$(PY) -m pip install -q "$(TORCH)" -e ".[jax,compare,test,docs]"

@@ -41,8 +41,8 @@ least 4 digits.
 
 Run::
 
-    python examples/sinkhorn_divergence_hessians.py --figure hessians.png
-    python examples/sinkhorn_divergence_hessians.py --backends numpy,torch --dtype float32
+    python benchmarks/sinkhorn_divergence_hessians.py --figure hessians.png
+    python benchmarks/sinkhorn_divergence_hessians.py --backends numpy,torch --dtype float32
 """
 
 from __future__ import annotations

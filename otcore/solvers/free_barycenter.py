@@ -408,10 +408,11 @@ def _run(p: _Problem, stopping, solver):
     x0 = p.x_init
     dt, dev = x0.dtype, _xp.device_of(x0)
 
-    def step(t, v):
-        """Move to the update ``t`` computed at the previous support (the prologue,
-        ``t < 0``, stays at ``x0``) and solve there: the next update, the cost, ..."""
-        x_new = xp.where(t < 0, v["x"], v["t"])
+    def step(i, v):
+        """Move ``x`` to the update ``t`` computed at the previous support (in the
+        prologue, ``i < 0``, stay at ``x0``) and solve there: the next update ``t``, the
+        cost, the potentials (warm starts) and whether the solves converged."""
+        x_new = xp.where(i < 0, v["x"], v["t"])
         finite = xp.all(xp.isfinite(x_new))
         # a non-finite support stops the loop; the solve below must not see it
         x_safe = xp.where(finite, x_new, xp.zeros_like(x_new))

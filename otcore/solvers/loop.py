@@ -145,7 +145,7 @@ def fixed_point_loop(
         ...     Stopping(1e-8, inner_iterations=5, max_iterations=200),
         ... )
         >>> round(float(st["x"]), 6), int(st["k"]) * 5, bool(st["converged"])
-        (0.739085, 50, True)
+        (0.739085, 45, True)
         >>> st["errors"].shape
         (40,)
     """

@@ -23,12 +23,11 @@ adjoint.
 
 from __future__ import annotations
 
-import math
-
 from otcore._lib import checks as _checks
 from otcore._lib import xp as _xp
 from otcore.geometry.base import Geometry
 from otcore.implicit.system import ImplicitDiff
+from otcore.solvers.loop import Stopping, fixed_point_loop
 
 __all__ = ["BarycenterOutput", "barycenter"]
 
@@ -137,17 +136,11 @@ def barycenter(
 
 
 # -- options and validation ------------------------------------------------------------
-class _Options:
+class _Options(Stopping):
     def __init__(self, lse_mode, debiased, threshold, inner, min_iter, max_iter):
+        super().__init__(threshold, inner, min_iter, max_iter)
         self.lse_mode = bool(lse_mode)
         self.debiased = bool(debiased)
-        self.threshold, self.inner_iterations, self.min_iterations, self.max_iterations = (
-            _checks.check_stopping(threshold, inner, min_iter, max_iter)
-        )
-
-    @property
-    def n_blocks(self):
-        return math.ceil(self.max_iterations / self.inner_iterations)
 
 
 def _prepare(A, C_or_geometry, weights, epsilon, debiased):
@@ -216,6 +209,9 @@ def _prepare(A, C_or_geometry, weights, epsilon, debiased):
 
 
 # -- the iteration ---------------------------------------------------------------------
+_VARIABLES = ("x", "y", "z", "lb")  # (φ, γ, η, log b), or kernel mode's (u, v, c, log b)
+
+
 class _IBP:
     """Iterative Bregman projections on constant or differentiable inputs.
 
@@ -295,55 +291,29 @@ class _IBP:
         return self.kernel_step(y, z)
 
     def run(self, unrolled: bool, record=None):
-        """The loop; ``record`` (a list, eager backends only) receives each step's input
-        state ``(γ, η)`` in log units."""
-        xp, o = self.xp, self.opts
+        """The loop (:func:`~otcore.solvers.loop.fixed_point_loop` on ``x, y, z, lb``);
+        ``record`` (a list, eager backends only) receives each step's input state
+        ``(γ, η)`` in log units."""
         x0, y0, z0, lb0 = self.initial()
-        dev = _xp.device_of(x0)
-        state = {
-            "x": x0,
-            "y": y0,
-            "z": z0,
-            "lb": lb0,
-            "k": xp.asarray(0, device=dev),
-            "err": xp.full(self.batch, math.inf, dtype=x0.dtype, device=dev),
-            "diverged": xp.asarray(False, device=dev),
-            "errors": xp.full(self.batch + (o.n_blocks,), -1.0, dtype=x0.dtype, device=dev),
-        }
-        inner, n_blocks, threshold = o.inner_iterations, o.n_blocks, o.threshold
-        min_blocks = math.ceil(o.min_iterations / inner)
 
-        def one(i, st):
-            x, y, z, lb = st
-            if record is not None:
-                record.append(self.to_log(y, z))
-            return self.step(x, y, z, lb)
+        def step(t, v):
+            return dict(zip(_VARIABLES, self.step(v["x"], v["y"], v["z"], v["lb"])))
 
-        def cond(st):
-            more = xp.any(st["err"] > threshold) | (st["k"] < min_blocks)
-            return (st["k"] < n_blocks) & more & ~st["diverged"]
-
-        def body(st):
-            x, y, z, lb = self.ad.fori_loop(inner, one, (st["x"], st["y"], st["z"], st["lb"]))
-            err = self.error(x, y, z, lb)
-            return {
-                "x": x,
-                "y": y,
-                "z": z,
-                "lb": lb,
-                "k": st["k"] + 1,
-                "err": err,
-                "diverged": ~xp.all(xp.isfinite(err)) | ~xp.all(xp.isfinite(lb)),
-                # made here, not closed over: a nested differentiable loop (JAX) must
-                # not capture an array of an enclosing trace
-                "errors": xp.where(
-                    xp.arange(n_blocks, device=dev) == st["k"], err[..., None], st["errors"]
-                ),
-            }
-
-        if unrolled:
-            return self.ad.while_loop_differentiable(cond, body, state, n_blocks)
-        return self.ad.while_loop(cond, body, state)
+        history = None if record is None else []
+        state = fixed_point_loop(
+            self.ad,
+            step,
+            lambda new, old: self.error(new["x"], new["y"], new["z"], new["lb"]),
+            dict(zip(_VARIABLES, (x0, y0, z0, lb0))),
+            self.opts,
+            batch_shape=self.batch,
+            watch=("lb",),
+            unrolled=unrolled,
+            record=history,
+        )
+        if record is not None:
+            record.extend(self.to_log(v["y"], v["z"]) for v in history)
+        return state
 
     def to_log(self, y, z):
         """``(γ, η)`` from the loop variables."""
@@ -367,7 +337,7 @@ class _IBP:
             debiasing=eta * e if o.debiased else None,
             errors=state["errors"],
             n_iters=state["k"] * o.inner_iterations,
-            converged=(state["err"] <= o.threshold) & ~state["diverged"],
+            converged=state["converged"],
             diverged=state["diverged"],
             epsilon=e,
         )

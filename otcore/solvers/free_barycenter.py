@@ -33,6 +33,7 @@ from otcore.geometry.costs import SqEuclidean, get_cost
 from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, check_epsilon_float
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
+from otcore.solvers.loop import Stopping, fixed_point_loop
 from otcore.solvers.sinkhorn import Sinkhorn
 
 __all__ = ["FreeBarycenterOutput", "free_barycenter"]
@@ -164,11 +165,9 @@ def free_barycenter(
 
 # -- validation ------------------------------------------------------------------------
 def _options(threshold, max_iterations, sinkhorn_kwargs):
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+    if isinstance(threshold, numbers.Real) and not math.isfinite(threshold):
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
-    if not 0.0 <= float(threshold) < math.inf:
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
-    max_iterations = _checks.check_positive_int("max_iterations", max_iterations)
+    stopping = Stopping(threshold, max_iterations=max_iterations)
     if sinkhorn_kwargs is None:
         sinkhorn_kwargs = {}
     if not isinstance(sinkhorn_kwargs, Mapping):
@@ -181,7 +180,7 @@ def _options(threshold, max_iterations, sinkhorn_kwargs):
         solver = Sinkhorn(**kwargs)
     except TypeError as err:
         raise TypeError(f"sinkhorn_kwargs: {err}") from None
-    return float(threshold), max_iterations, solver
+    return stopping, solver
 
 
 def _as_list(name, value):
@@ -395,61 +394,47 @@ class _Step:
         return update, cost, tuple(pots), conv
 
 
-def _run(p: _Problem, threshold, max_iterations, solver):
+def _run(p: _Problem, stopping, solver):
     xp, ad = p.xp, p.adapter
-    step = _Step(p, solver)
+    solve = _Step(p, solver)
     x0 = p.x_init
     dt, dev = x0.dtype, _xp.device_of(x0)
-    # the first pass (k = -1) only solves at x0: one traced solve, no update
-    state = {
-        "x": x0,
-        "t": x0,
-        "cost": xp.asarray(0.0, dtype=dt, device=dev),
-        "pots": step.zero_potentials(),
-        "lin": xp.asarray(False, device=dev),
-        "k": xp.asarray(-1, device=dev),
-        "err": xp.asarray(math.inf, dtype=dt, device=dev),
-        "diverged": xp.asarray(False, device=dev),
-        "errors": xp.full((max_iterations,), -1.0, dtype=dt, device=dev),
-    }
 
-    def cond(st):
-        return (st["k"] < max_iterations) & (st["err"] > threshold) & ~st["diverged"]
-
-    def body(st):
-        first = st["k"] < 0
-        x_new = xp.where(first, st["x"], st["t"])
-        inf = xp.asarray(math.inf, dtype=dt, device=dev)
-        err = xp.where(first, inf, xp.max(xp.abs(x_new - st["x"])))
+    def step(i, v):
+        """Move ``x`` to the update ``t`` computed at the previous support (in the
+        prologue, ``i < 0``, stay at ``x0``) and solve there: the next update ``t``, the
+        cost, the potentials (warm starts) and whether the solves converged."""
+        x_new = xp.where(i < 0, v["x"], v["t"])
         finite = xp.all(xp.isfinite(x_new))
         # a non-finite support stops the loop; the solve below must not see it
         x_safe = xp.where(finite, x_new, xp.zeros_like(x_new))
-        t, c, pots, lc = step(x_safe, st["pots"])
-        return {
-            "x": x_new,
-            "t": t,
-            "cost": c,
-            "pots": pots,
-            "lin": lc,
-            "k": st["k"] + 1,
-            "err": err,
-            "diverged": ~finite | ~xp.all(xp.isfinite(t)),
-            # (made here: an integer array closed over by the body would escape a trace
-            # that nests this loop in a recorded JAX loop)
-            "errors": xp.where(xp.arange(max_iterations, device=dev) == st["k"], err, st["errors"]),
-        }
+        update, cost, pots, lin = solve(x_safe, v["pots"])
+        return {"x": x_new, "t": update, "cost": cost, "pots": pots, "lin": lin}
 
-    if ad.is_differentiating(*p.leaves()):
-        state = ad.while_loop_differentiable(cond, body, state, max_iterations + 1)
-    else:
-        state = ad.while_loop(cond, body, state)
-    diverged = state["diverged"]
+    variables = {
+        "x": x0,
+        "t": x0,
+        "cost": xp.asarray(0.0, dtype=dt, device=dev),
+        "pots": solve.zero_potentials(),
+        "lin": xp.asarray(False, device=dev),
+    }
+    # the prologue only solves at x0: one traced solve in the body, no update
+    state = fixed_point_loop(
+        ad,
+        step,
+        lambda new, old: xp.max(xp.abs(new["x"] - old["x"])),
+        variables,
+        stopping,
+        watch=("x", "t"),
+        unrolled=ad.is_differentiating(*p.leaves()),
+        prologue=True,
+    )
     return FreeBarycenterOutput(
         points=state["x"],
         weights=p.a,
         n_iters=state["k"],
-        converged=(state["err"] <= threshold) & ~diverged,
-        diverged=diverged,
+        converged=state["converged"],
+        diverged=state["diverged"],
         errors=state["errors"],
         costs=state["cost"],
         linear_converged=state["lin"],

@@ -10,9 +10,10 @@ These are the exact block-coordinate ascent steps of the dual of
 balanced Sinkhorn steps. Kernel mode runs the same updates on ``u = exp(f/ε)``,
 ``v = exp(g/ε)``: ``v <- b / (Kᵀu)^τ_b``, ``u <- a / (Kv)^τ_a``.
 
-Every ``inner_iterations`` steps the marginal error is computed (the only host sync on
-eager backends); the loop stops when it is below ``threshold`` for every problem of the
-batch, at ``max_iterations``, or when it is not finite (reported as ``diverged``).
+The loop is :func:`otcore.solvers.loop.fixed_point_loop`: every ``inner_iterations``
+steps the marginal error is computed (the only host sync on eager backends); the loop
+stops when it is below ``threshold`` for every problem of the batch, at
+``max_iterations``, or when it is not finite (reported as ``diverged``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from otcore._lib import xp as _xp
 from otcore.geometry.epsilon import EpsilonSchedule
 from otcore.implicit.system import ImplicitDiff, ImplicitSystem, marginal_target
 from otcore.problem import LinearProblem
+from otcore.solvers.loop import fixed_point_loop, n_blocks
 from otcore.solvers.output import SinkhornOutput
 
 __all__ = ["Sinkhorn"]
@@ -137,7 +139,7 @@ class Sinkhorn:
     @property
     def n_blocks(self) -> int:
         """Number of error checks at most: ``ceil(max_iterations / inner_iterations)``."""
-        return math.ceil(self.max_iterations / self.inner_iterations)
+        return n_blocks(self)
 
     def __call__(self, prob: LinearProblem, init=None, symmetric: bool = False) -> SinkhornOutput:
         """Solve ``prob``; ``init`` is an optional warm start ``(f, g)`` of potentials.
@@ -182,7 +184,7 @@ class Sinkhorn:
             prob=prob,
             errors=state["errors"],
             n_iters=state["k"] * self.inner_iterations,
-            converged=(state["err"] <= self.threshold) & ~state["diverged"],
+            converged=state["converged"],
             diverged=state["diverged"],
             solver=self,
         )
@@ -252,64 +254,35 @@ class _Iteration:
 
     # -- loop ----------------------------------------------------------------------
     def run(self, f0, g0, unrolled: bool = False, record=None):
-        """The loop; ``record`` (a list, eager backends only) receives each step's input
+        """The loop (:func:`~otcore.solvers.loop.fixed_point_loop` on ``x, y``): its state
+        plus ``f, g``; ``record`` (a list, eager backends only) receives each step's input
         ``(x, y)`` (potentials in log mode, scalings in kernel mode)."""
-        xp, s = self.xp, self.s
-        batch = f0.shape[:-1]
-        dev = _xp.device_of(f0)
-        if s.lse_mode:
+        xp = self.xp
+        if self.s.lse_mode:
             x0, y0 = f0, g0
         else:
             x0 = xp.exp(_xp.divide_potential(xp, f0, self.e1))
             y0 = xp.exp(_xp.divide_potential(xp, g0, self.e1))
-        state = {
-            "x": x0,
-            "y": y0,
-            "k": xp.asarray(0, device=dev),
-            "err": xp.full(batch, math.inf, dtype=f0.dtype, device=dev),
-            "diverged": xp.asarray(False, device=dev),
-            "errors": xp.full(batch + (s.n_blocks,), -1.0, dtype=f0.dtype, device=dev),
-        }
-        inner = s.inner_iterations
-        n_blocks = s.n_blocks
-        threshold = s.threshold
-        min_blocks = math.ceil(s.min_iterations / inner)
-        step = self._lse_step if s.lse_mode else self._kernel_step
+        update = self._lse_step if self.s.lse_mode else self._kernel_step
+
+        def step(t, v):
+            x, y = update(t, v["x"], v["y"])
+            return {"x": x, "y": y}
+
+        history = None if record is None else []
+        state = fixed_point_loop(
+            self.ad,
+            step,
+            lambda new, old: self._error(new["x"], new["y"]),
+            {"x": x0, "y": y0},
+            self.s,
+            batch_shape=f0.shape[:-1],
+            unrolled=unrolled,
+            record=history,
+        )
         if record is not None:
-            plain_step = step
-
-            def step(t, x, y):
-                record.append((x, y))
-                return plain_step(t, x, y)
-
-        def cond(st):
-            more = xp.any(st["err"] > threshold) | (st["k"] < min_blocks)
-            return (st["k"] < n_blocks) & more & ~st["diverged"]
-
-        def body(st):
-            k = st["k"]
-            x, y = self.ad.fori_loop(
-                inner, lambda i, xy: step(k * inner + i, *xy), (st["x"], st["y"])
-            )
-            err = self._error(x, y)
-            return {
-                "x": x,
-                "y": y,
-                "k": k + 1,
-                "err": err,
-                "diverged": ~xp.all(xp.isfinite(err)),
-                # made here, not closed over: a nested differentiable loop (JAX) must
-                # not capture an array of an enclosing trace
-                "errors": xp.where(
-                    xp.arange(n_blocks, device=dev) == k, err[..., None], st["errors"]
-                ),
-            }
-
-        if unrolled:
-            state = self.ad.while_loop_differentiable(cond, body, state, n_blocks)
-        else:
-            state = self.ad.while_loop(cond, body, state)
-        if s.lse_mode:
+            record.extend((v["x"], v["y"]) for v in history)
+        if self.s.lse_mode:
             state["f"], state["g"] = state["x"], state["y"]
         else:
             state["f"] = self.e1 * _xp.safe_log(xp, state["x"])

@@ -43,8 +43,8 @@ from otcore.solvers.sinkhorn import Sinkhorn
 __all__ = ["Call", "Registry", "manual_rules"]
 
 
-@functools.cache
 def _signature(fun):
+    # not cached: a default changed at run time is the default the rule sees
     return inspect.signature(fun)
 
 

@@ -51,13 +51,14 @@ def test_every_table_has_every_cell():
 
 @pytest.mark.parametrize(("fun", "backend", "mode", "order", "geometry"), _cells(False))
 def test_every_unsupported_cell_raises_the_tables_error(fun, backend, mode, order, geometry):
-    assert backend == "manual"  # every autodiff cell is supported today
-    args, kw = example_call(fun, mode, geometry)
+    be = make_backend("numpy" if backend == "manual" else backend)
+    args, kw = example_call(fun, mode, geometry, to_xp=be.to_xp)
     tab = cap.table(fun)
     bound = Call(fun, args, kw).arguments
     assert tab.mode(bound) == mode
     assert geometry == cap.ANY or tab.geometry(bound) == geometry
-    head = rf"of {fun.__name__} on numpy arrays \(manual rules\), {mode} mode, order {order}"
+    where = r"numpy arrays \(manual rules\)" if backend == "manual" else f"{backend} arrays"
+    head = rf"of {fun.__name__} on {where}, {mode} mode, order {order}"
     transforms = ("vjp", "grad") if order == 1 else ("hvp", "hessian")
     for name in transforms:
         fn = getattr(ot, name)

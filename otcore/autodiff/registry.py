@@ -26,7 +26,7 @@ Example:
     >>> Call(ot.reg_ot_cost, (np.zeros((3, 2)),), {"epsilom": 0.5})
     Traceback (most recent call last):
     ...
-    TypeError: reg_ot_cost() got unexpected keyword arguments ['epsilom']
+    TypeError: reg_ot_cost() got unexpected keyword arguments ['epsilom'] (neither its own options nor Sinkhorn's)
 """
 
 from __future__ import annotations

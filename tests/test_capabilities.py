@@ -25,7 +25,7 @@ from _helpers import make_backend
 
 import otcore as ot
 from otcore.autodiff import capabilities as cap
-from otcore.autodiff.registry import Call
+from otcore.autodiff.registry import Call, manual_rules
 from otcore.errors import UnsupportedDerivativeError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,6 +40,12 @@ def _cells(supported: bool, backend=None):
 
 
 def test_every_table_has_every_cell():
+    rules = manual_rules()
+    # every manual rule answers to a table, and the table's manual "yes" cells have a rule
+    assert set(rules.vjp) | set(rules.hvp) <= set(cap.TABLES)
+    for fun, backend, _, order, _, cell in cap.cells():
+        if backend == "manual" and cell.supported:
+            assert fun in (rules.vjp if order == 1 else rules.hvp), (fun.__name__, order)
     for tab in cap.TABLES.values():
         for backend in cap.BACKENDS:
             for geometry in (cap.ANY, *tab.geometries):

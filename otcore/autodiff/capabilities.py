@@ -499,8 +499,9 @@ def markdown() -> str:
         "A **no** cell raises `otcore.errors.UnsupportedDerivativeError` (a "
         "`NotImplementedError` and a `TypeError`) naming the entry point, backend, mode, "
         "order and what to use instead. The mode is read from the call: envelope = "
-        "`use_danskin=True` (the default for costs), implicit = `use_danskin=False` or the "
-        "default `ImplicitDiff()` of the fixed-point solvers, unrolled = `implicit_diff=None`. "
+        "`use_danskin=True` (the default of the costs), implicit = `use_danskin=False` for "
+        "costs, or an `ImplicitDiff()` (the default of `Sinkhorn`, hence of `solve` and "
+        "`free_barycenter`), unrolled = `implicit_diff=None` (the default of `barycenter`). "
         "Generated from `otcore/autodiff/capabilities.py`; the tests read the same table.",
         "",
     ]

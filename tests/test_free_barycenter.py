@@ -329,7 +329,7 @@ def test_implicit_gradients_jax_torch_agree():
 
 def test_numpy_has_no_gradient_rule():
     ys, _, _ = _clouds()
-    with pytest.raises(TypeError, match="no derivative rule for 'free_barycenter' on numpy"):
+    with pytest.raises(TypeError, match=r"ot\.vjp of free_barycenter on numpy arrays"):
         ot.vjp(free_barycenter, np.stack([y[:7] for y in ys]), n_points=4)
 
 

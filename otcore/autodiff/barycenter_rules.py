@@ -28,9 +28,9 @@ from __future__ import annotations
 import warnings
 
 from otcore._lib import xp as _xp
-from otcore.autodiff import registry as _rules
 from otcore.errors import ConvergenceWarning
 from otcore.geometry.base import Geometry
+from otcore.implicit.system import ImplicitDiff
 from otcore.solvers.barycenter import _IBP, _adjoint_tolerances, _Options, _prepare, barycenter
 
 __all__: list[str] = []
@@ -162,40 +162,26 @@ def _reverse_fixed_point(ibp, gam, eta, lb_bar, need_cost, rtol, max_iter):
     return acc, converged
 
 
-def _rule_inputs(args, kwargs):
-    """``(A, C_or_geometry, weights)`` from positional or keyword arguments (popped)."""
-    if len(args) > 3:
-        raise TypeError(
-            "barycenter takes at most 3 positional arguments (A, C_or_geometry, weights)"
-        )
-    A = args[0]
-    cg = args[1] if len(args) > 1 else kwargs.pop("C_or_geometry", None)
-    weights = args[2] if len(args) > 2 else kwargs.pop("weights", None)
-    if cg is None:
-        raise TypeError("barycenter needs C_or_geometry")
-    return A, cg, weights
-
-
-@_rules.register(barycenter)
-def _barycenter_rule(args, kwargs):
-    """Manual VJP of :func:`otcore.barycenter` w.r.t. ``A``, a cost matrix and ``weights``."""
-    kwargs = dict(kwargs)
-    if kwargs.get("return_output"):
+def barycenter_vjp(call):
+    """Manual VJP of :func:`otcore.barycenter` w.r.t. ``A``, a cost matrix and ``weights``
+    (a bound call: every option is read from it, with the entry point's own defaults)."""
+    if call["return_output"]:
         raise TypeError("differentiate barycenter with return_output=False (the histogram)")
-    A, cg, weights = _rule_inputs(args, kwargs)
-    implicit_diff = kwargs.pop("implicit_diff", None)
+    implicit_diff = call["implicit_diff"]
+    if implicit_diff is not None and not isinstance(implicit_diff, ImplicitDiff):
+        raise TypeError(
+            f"implicit_diff must be None or an ImplicitDiff, got {type(implicit_diff).__name__}"
+        )
     opts = _Options(
-        kwargs.pop("lse_mode", True),
-        kwargs.pop("debiased", False),
-        kwargs.pop("threshold", 1e-4),
-        kwargs.pop("inner_iterations", 10),
-        kwargs.pop("min_iterations", 0),
-        kwargs.pop("max_iterations", 2000),
+        call["lse_mode"],
+        call["debiased"],
+        call["threshold"],
+        call["inner_iterations"],
+        call["min_iterations"],
+        call["max_iterations"],
     )
-    geom, A, w = _prepare(A, cg, weights, kwargs.pop("epsilon", None), opts.debiased)
-    kwargs.pop("return_output", None)
-    if kwargs:
-        raise TypeError(f"barycenter got unexpected keyword arguments {sorted(kwargs)}")
+    cg, weights = call["C_or_geometry"], call["weights"]
+    geom, A, w = _prepare(call["A"], cg, weights, call["epsilon"], opts.debiased)
     cost_is_array = not isinstance(cg, Geometry)
     ibp = _IBP(geom, A, w, opts)
     history = [] if implicit_diff is None else None
@@ -203,7 +189,7 @@ def _barycenter_rule(args, kwargs):
         state = ibp.run(unrolled=False, record=history)
     out = ibp.output(state)
     b = out.histogram
-    n_args = len(args)
+    n_args = call.n_positional
 
     def vjp_fn(cotangent):
         with geom.adapter.full_precision():
@@ -231,3 +217,8 @@ def _barycenter_rule(args, kwargs):
         return tuple(out_args[:n_args]) + (None,) * max(0, n_args - 3)
 
     return b, vjp_fn
+
+
+def register(registry):
+    """Add the rule of :func:`otcore.barycenter`."""
+    registry.add(barycenter, vjp=barycenter_vjp)

@@ -1,7 +1,7 @@
 """Manual first- and second-order rules of :func:`otcore.sinkhorn_divergence`.
 
 The divergence is a fixed linear combination of three ``reg_ot_cost`` values and a mass
-term, so its rules combine those of :mod:`otcore._reg_ot_cost_rules`:
+term, so its rules combine those of :mod:`otcore.autodiff.reg_ot_cost_rules`:
 
 ``S = OT(x, y; a, b) - OT(x, x; a, a)/2 - OT(y, y; b, b)/2 + ε (Σa - Σb)²/2``.
 
@@ -13,27 +13,22 @@ from __future__ import annotations
 import array_api_compat
 
 from otcore._lib import xp as _xp
-from otcore.autodiff import registry as _rules
 from otcore.autodiff.reg_ot_cost_rules import (
+    Arguments,
     JointHVP,
-    _check_modes,
     _vjp_from_output,
     _weight_gradient,
 )
 from otcore.solvers.divergence import sinkhorn_divergence, sinkhorn_divergence_costs
 
 
-def _run(args, kwargs):
-    if len(args) > 4:
-        raise TypeError("sinkhorn_divergence takes at most 4 positional arguments (x, y, a, b)")
-    x, y, a, b = (list(args) + [None] * 4)[:4]
-    if x is None or y is None:
-        raise TypeError("sinkhorn_divergence needs both x and y")
-    value, dout = sinkhorn_divergence(x, y, a, b, return_output=True, **kwargs)
-    for out in dout.outputs:
-        if out is not None:
-            _check_modes(out)
-    return (x, y, a, b), value, dout
+def _run(call):
+    """Solve the three problems of a bound :func:`~otcore.sinkhorn_divergence` call once:
+    ``((x, y, a, b), value, DivergenceOutput)``."""
+    if call["return_output"]:
+        raise TypeError("differentiate sinkhorn_divergence with return_output=False (the value)")
+    value, dout = sinkhorn_divergence(**call.flat(return_output=True))
+    return tuple(call[k] for k in ("x", "y", "a", "b")), value, dout
 
 
 def _add(u, v):
@@ -44,21 +39,27 @@ def _add(u, v):
     return u + v
 
 
-@_rules.register(sinkhorn_divergence)
-def sinkhorn_divergence_vjp(args, kwargs):
+def sinkhorn_divergence_vjp(call):
     """Manual VJP of :func:`~otcore.sinkhorn_divergence` w.r.t. ``(x, y, a, b)``."""
-    (x, y, a, b), value, dout = _run(args, kwargs)
+    inputs, value, dout = _run(call)
+    return value, _divergence_pullback(inputs, value, dout, call.n_positional)
+
+
+def _divergence_pullback(inputs, value, dout, n_args):
+    """The VJP of the divergence from its three solved problems (no new solve)."""
+    x, y, a, b = inputs
     out_xy, out_xx, out_yy = dout.outputs
     xp = out_xy.xp
+    points = Arguments.POINTS
 
     def vjp_fn(ct):
         ct = xp.asarray(ct, dtype=value.dtype)
-        dx, dy, da, db = _vjp_from_output((x, y, a, b), out_xy, 4)[1](ct)
-        sx, _, sa, sb = _vjp_from_output((x, None, a, a), out_xx, 4)[1](-0.5 * ct)
+        dx, dy, da, db = _vjp_from_output(points, (x, y, a, b), out_xy, 4)[1](ct)
+        sx, _, sa, sb = _vjp_from_output(points, (x, None, a, a), out_xx, 4)[1](-0.5 * ct)
         dx = dx + sx
         da = _add(da, None if a is None else sa + sb)
         if out_yy is not None:
-            ty, _, ta, tb = _vjp_from_output((y, None, b, b), out_yy, 4)[1](-0.5 * ct)
+            ty, _, ta, tb = _vjp_from_output(points, (y, None, b, b), out_yy, 4)[1](-0.5 * ct)
             dy = dy + ty
             db = _add(db, None if b is None else ta + tb)
         gap = _mass_gap(xp, out_xy)
@@ -66,36 +67,28 @@ def sinkhorn_divergence_vjp(args, kwargs):
             da = da + _xp.unbroadcast(xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * a, a.shape)
         if b is not None:
             db = db - _xp.unbroadcast(xp, (ct * out_xy.epsilon * gap)[..., None] + 0 * b, b.shape)
-        return (dx, dy, da, db)[: max(len(args), 1)]
+        return (dx, dy, da, db)[: max(n_args, 1)]
 
-    return value, vjp_fn
+    return vjp_fn
 
 
-@_rules.register(sinkhorn_divergence_costs)
-def sinkhorn_divergence_costs_vjp(args, kwargs):
+def sinkhorn_divergence_costs_vjp(call):
     """Manual VJP of :func:`~otcore.sinkhorn_divergence_costs` w.r.t. the weights ``a``,
     ``b`` and cost matrices given as arrays (geometries, e.g. a Grid, get ``None``).
 
-    Envelope (Danskin) gradients: the divergence's solves use ``use_danskin=True``.
+    Envelope (Danskin) gradients only (the capability table refuses the other modes).
     """
-    if len(args) > 5:
+    if call["return_output"]:
         raise TypeError(
-            "sinkhorn_divergence_costs takes at most 5 positional arguments "
-            "(cost_xy, cost_xx, cost_yy, a, b)"
+            "differentiate sinkhorn_divergence_costs with return_output=False (the value)"
         )
-    costs_and_weights = (list(args) + [None] * 5)[:5]
+    names = ("cost_xy", "cost_xx", "cost_yy", "a", "b")
+    costs_and_weights = [call[k] for k in names]
     a, b = costs_and_weights[3], costs_and_weights[4]
-    value, dout = sinkhorn_divergence_costs(*costs_and_weights, return_output=True, **kwargs)
-    for out in dout.outputs:
-        if out is not None:
-            _check_modes(out)
-            if not out.solver.use_danskin:
-                raise NotImplementedError(
-                    "the NumPy rule of sinkhorn_divergence_costs uses envelope gradients: "
-                    "leave use_danskin at its default"
-                )
+    value, dout = sinkhorn_divergence_costs(**call.flat(return_output=True))
     out_xy, out_xx, out_yy = dout.outputs
     xp = out_xy.xp
+    n_args = call.n_positional
 
     def cost_bar(c, out, ct):
         if c is None or not array_api_compat.is_array_api_obj(c):
@@ -120,7 +113,7 @@ def sinkhorn_divergence_costs_vjp(args, kwargs):
             None if a is None else _xp.unbroadcast(xp, da, a.shape),
             None if b is None else _xp.unbroadcast(xp, db, b.shape),
         ]
-        return tuple(grads[: len(args)])
+        return tuple(grads[:n_args])
 
     return value, vjp_fn
 
@@ -129,15 +122,15 @@ def _mass_gap(xp, out_xy):
     return xp.sum(out_xy.a, axis=-1) - xp.sum(out_xy.b, axis=-1)
 
 
-@_rules.register_hvp(sinkhorn_divergence)
-def sinkhorn_divergence_hvp(args, kwargs, argnum: int):
-    """``(gradient, v -> H v)`` of :func:`~otcore.sinkhorn_divergence` w.r.t. ``argnum``."""
-    _, value, dout = _run(args, kwargs)
+def sinkhorn_divergence_hvp(call, argnum: int):
+    """``(gradient, v -> H v)`` of :func:`~otcore.sinkhorn_divergence` w.r.t. ``argnum``;
+    the three problems are solved once, for the gradient and every product."""
+    inputs, value, dout = _run(call)
     if getattr(value, "ndim", 0) != 0:
         raise TypeError("hvp needs a scalar output: pass unbatched inputs")
     out_xy, out_xx, out_yy = dout.outputs
     xp = out_xy.xp
-    _, grad_fn = sinkhorn_divergence_vjp(args, kwargs)
+    grad_fn = _divergence_pullback(inputs, value, dout, 4)
     gradient = grad_fn(xp.asarray(1.0, dtype=value.dtype))[argnum]
     h_xy, h_xx = JointHVP(out_xy), JointHVP(out_xx)
     h_yy = None if out_yy is None else JointHVP(out_yy)
@@ -165,3 +158,10 @@ def sinkhorn_divergence_hvp(args, kwargs, argnum: int):
         return hb + eps * xp.sum(v) + 0 * v
 
     return gradient, hvp
+
+
+def register(registry):
+    """Add the rules of :func:`~otcore.sinkhorn_divergence` and
+    :func:`~otcore.sinkhorn_divergence_costs`."""
+    registry.add(sinkhorn_divergence, vjp=sinkhorn_divergence_vjp, hvp=sinkhorn_divergence_hvp)
+    registry.add(sinkhorn_divergence_costs, vjp=sinkhorn_divergence_costs_vjp)

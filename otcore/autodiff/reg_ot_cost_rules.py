@@ -12,51 +12,28 @@
 
 from __future__ import annotations
 
+import enum
+
 from otcore._lib import xp as _xp
 from otcore.api import _cost_matrix_output, _point_cloud_output, reg_ot_cost, reg_ot_cost_matrix
-from otcore.autodiff import registry as _rules
 from otcore.autodiff import sinkhorn_unrolled_rules as _sinkhorn_unrolled
 from otcore.geometry.pointcloud import PointCloud
 from otcore.implicit.system import ImplicitDiff, ImplicitSystem
 
-_DEFAULTS = {
-    "cost": "sqeuclidean",
-    "epsilon": None,
-    "tau_a": 1.0,
-    "tau_b": 1.0,
-    "relative_epsilon": None,
-    "scale_cost": 1.0,
-    "batch_size": None,
-}
+
+class Arguments(enum.Enum):
+    """The differentiable positional arguments of a cost entry point, in order."""
+
+    POINTS = ("x", "y", "a", "b")  # reg_ot_cost
+    MATRIX = ("cost_matrix", "a", "b")  # reg_ot_cost_matrix
+
+    def inputs(self, call):
+        return tuple(call[name] for name in self.value)
 
 
-def _solve(args, kwargs, what="second derivatives of reg_ot_cost"):
-    if len(args) > 4:
-        raise TypeError("reg_ot_cost takes at most 4 positional arguments (x, y, a, b)")
-    x, y, a, b = (list(args) + [None] * 4)[:4]
-    out = _point_cloud_output(x, y, a, b, **{**_DEFAULTS, **kwargs})
-    _check_modes(out, what)
-    return (x, y, a, b), out
-
-
-_MATRIX_DEFAULTS = {
-    "epsilon": None,
-    "tau_a": 1.0,
-    "tau_b": 1.0,
-    "relative_epsilon": None,
-    "scale_cost": 1.0,
-}
-
-
-def _check_modes(out, what="this entry point"):
-    """Unrolled mode (``implicit_diff=None``) has manual rules for first derivatives of
-    ``reg_ot_cost``/``reg_ot_cost_matrix`` only (``what=None``); ``what`` names anything else."""
-    if out.solver.implicit_diff is None and what is not None:
-        raise NotImplementedError(
-            f"unrolled differentiation (implicit_diff=None) of {what} needs JAX or PyTorch "
-            "arrays; on NumPy-like arrays it exists for first derivatives of reg_ot_cost and "
-            "reg_ot_cost_matrix only: use the default ImplicitDiff() here"
-        )
+def _solve(call):
+    """The solve of a bound ``reg_ot_cost`` call, with the entry point's own defaults."""
+    return _point_cloud_output(**call.flat())
 
 
 def _system(out):
@@ -98,37 +75,40 @@ def _points_gradients(out, weights):
     return geom.cost_fn.vjp(geom.x, geom.y, weights * _xp.expand_dims_right(geom.inv_scale_cost, 2))
 
 
-def _assemble(xp, inputs, dx, dy, da, db, n_args):
-    x, y, a, b = inputs
-    if isinstance(y, str):  # (C, "matrix", a, b)
-        da_out = None if a is None else _xp.unbroadcast(xp, da, a.shape)
-        db_out = None if b is None else _xp.unbroadcast(xp, db, b.shape)
-        return (_xp.unbroadcast(xp, dx, x.shape), da_out, db_out)[: max(n_args, 1)]
-    dx_out = _xp.unbroadcast(xp, dx, x.shape)
-    if y is None:
-        dx_out, dy_out = dx_out + _xp.unbroadcast(xp, dy, x.shape), None
+def _assemble(xp, kind, inputs, dx, dy, da, db, n_args):
+    """One cotangent per positional argument (``n_args``, at least one), in ``kind``'s order."""
+    *points, a, b = inputs
+    if kind is Arguments.MATRIX:
+        head = (_xp.unbroadcast(xp, dx, points[0].shape),)
+    elif points[1] is None:  # y is x: both slots' cotangents go to x
+        head = (
+            _xp.unbroadcast(xp, dx, points[0].shape) + _xp.unbroadcast(xp, dy, points[0].shape),
+            None,
+        )
     else:
-        dy_out = _xp.unbroadcast(xp, dy, y.shape)
+        head = (_xp.unbroadcast(xp, dx, points[0].shape), _xp.unbroadcast(xp, dy, points[1].shape))
     da_out = None if a is None else _xp.unbroadcast(xp, da, a.shape)
     db_out = None if b is None else _xp.unbroadcast(xp, db, b.shape)
-    return (dx_out, dy_out, da_out, db_out)[: max(n_args, 1)]
+    return (*head, da_out, db_out)[: max(n_args, 1)]
 
 
-@_rules.register(reg_ot_cost)
-def reg_ot_cost_vjp(args, kwargs):
-    """Manual VJP of :func:`~otcore.reg_ot_cost` w.r.t. ``(x, y, a, b)``."""
-    inputs, out = _solve(args, kwargs, what=None)
-    return _vjp_from_output(inputs, out, len(args))
+def reg_ot_cost_vjp(call):
+    """Manual VJP of :func:`~otcore.reg_ot_cost` w.r.t. ``(x, y, a, b)`` (a bound call)."""
+    out = _solve(call)
+    return _vjp_from_output(Arguments.POINTS, Arguments.POINTS.inputs(call), out, call.n_positional)
 
 
-def _vjp_from_output(inputs, out, n_args):
+def _vjp_from_output(kind, inputs, out, n_args):
+    """``(value, vjp_fn)`` of the cost at solution ``out``; ``inputs`` are the entry
+    point's arguments in ``kind``'s order (the envelope, implicit or unrolled rule, as
+    ``out.solver`` says)."""
     value = out.reg_ot_cost
     xp = out.xp
 
     def vjp_fn(ct):
         ct = xp.asarray(ct, dtype=value.dtype)
         c2, c1 = ct[..., None, None], ct[..., None]
-        if isinstance(inputs[1], str):  # (C, "matrix", a, b)
+        if kind is Arguments.MATRIX:
             dx, dy = c2 * out.matrix * _xp.expand_dims_right(out.geom.inv_scale_cost, 2), None
         else:
             dx, dy = _points_gradients(out, c2 * out.matrix)
@@ -138,7 +118,7 @@ def _vjp_from_output(inputs, out, n_args):
             # unrolled: back through the iterations the forward pass ran
             zu, zv = _sinkhorn_unrolled.potential_partials(out)
             c_bar, ua, ub = _sinkhorn_unrolled.pullback(out, c1 * zu, c1 * zv)
-            if isinstance(inputs[1], str):
+            if kind is Arguments.MATRIX:
                 dx = dx + c_bar * _xp.expand_dims_right(out.geom.inv_scale_cost, 2)
             else:
                 ux, uy = _points_gradients(out, c_bar)
@@ -156,19 +136,15 @@ def _vjp_from_output(inputs, out, n_args):
             else:
                 dx, dy = dx + pulled[0], dy + pulled[1]
             da, db = da + pulled[-2], db + pulled[-1]
-        return _assemble(xp, inputs, dx, dy, da, db, n_args)
+        return _assemble(xp, kind, inputs, dx, dy, da, db, n_args)
 
     return value, vjp_fn
 
 
-@_rules.register(reg_ot_cost_matrix)
-def reg_ot_cost_matrix_vjp(args, kwargs):
-    """Manual VJP of :func:`~otcore.reg_ot_cost_matrix` w.r.t. ``(C, a, b)``."""
-    if len(args) > 3:
-        raise TypeError("reg_ot_cost_matrix takes at most 3 positional arguments (C, a, b)")
-    c, a, b = (list(args) + [None] * 3)[:3]
-    out = _cost_matrix_output(c, a, b, **{**_MATRIX_DEFAULTS, **kwargs})
-    return _vjp_from_output((c, "matrix", a, b), out, len(args))
+def reg_ot_cost_matrix_vjp(call):
+    """Manual VJP of :func:`~otcore.reg_ot_cost_matrix` w.r.t. ``(cost_matrix, a, b)``."""
+    out = _cost_matrix_output(**call.flat())
+    return _vjp_from_output(Arguments.MATRIX, Arguments.MATRIX.inputs(call), out, call.n_positional)
 
 
 class JointHVP:
@@ -244,15 +220,16 @@ class JointHVP:
         return hx, hy, ha, hb
 
 
-@_rules.register_hvp(reg_ot_cost)
-def reg_ot_cost_hvp(args, kwargs, argnum: int):
-    """``(gradient, v -> H v)`` of :func:`~otcore.reg_ot_cost` w.r.t. argument ``argnum``."""
-    inputs, out = _solve(args, kwargs)
+def reg_ot_cost_hvp(call, argnum: int):
+    """``(gradient, v -> H v)`` of :func:`~otcore.reg_ot_cost` w.r.t. argument ``argnum``
+    (the implicit Hessian, whatever ``use_danskin`` says: see the capability table)."""
+    out = _solve(call)
     xp = out.xp
     if getattr(out.reg_ot_cost, "ndim", 0) != 0:
         raise TypeError("hvp needs a scalar output: pass unbatched inputs")
+    inputs = Arguments.POINTS.inputs(call)
     shared = inputs[1] is None
-    _, grad_fn = _vjp_from_output(inputs, out, len(args))
+    _, grad_fn = _vjp_from_output(Arguments.POINTS, inputs, out, call.n_positional)
     gradient = grad_fn(xp.asarray(1.0, dtype=out.f.dtype))[argnum]
     joint = JointHVP(out)
 
@@ -267,3 +244,9 @@ def reg_ot_cost_hvp(args, kwargs, argnum: int):
         return joint(db=v)[3]
 
     return gradient, hvp
+
+
+def register(registry):
+    """Add the rules of :func:`~otcore.reg_ot_cost` and :func:`~otcore.reg_ot_cost_matrix`."""
+    registry.add(reg_ot_cost, vjp=reg_ot_cost_vjp, hvp=reg_ot_cost_hvp)
+    registry.add(reg_ot_cost_matrix, vjp=reg_ot_cost_matrix_vjp)

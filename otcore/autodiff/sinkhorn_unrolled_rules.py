@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from otcore._lib import xp as _xp
 from otcore.implicit.system import marginal_target
-from otcore.solvers.sinkhorn import _Iteration
+from otcore.solvers.sinkhorn import _Iteration, _pow
 
 __all__ = ["potential_partials", "pullback"]
 
@@ -184,10 +184,6 @@ class _KernelStepAdjoint:
         if self.parallel:
             v_bar_old = v_bar_old + v_bar_use
         return u_bar_old + u_bar_in, v_bar_old
-
-
-def _pow(x, tau):
-    return x if tau == 1.0 else x**tau
 
 
 def potential_partials(out):

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import array_api_compat
 
 from otcore._lib import xp as _xp
-from otcore.autodiff import registry as _rules
+from otcore.autodiff import capabilities as _capabilities
+from otcore.autodiff.registry import Call, manual_rules
 from otcore.backends import adapter_for
 
 __all__ = ["grad", "value_and_grad", "vjp"]
@@ -36,13 +37,29 @@ def vjp(fun, *args, **kwargs):
         >>> dx.shape, dy.shape
         ((6, 2), (6, 2))
     """
+    return _vjp(fun, args, kwargs, "vjp")
+
+
+def _vjp(fun, args, kwargs, transform):
     arrays = _arrays(args)
     if not arrays:
-        raise TypeError("vjp needs at least one array among the positional arguments")
+        raise TypeError(f"{transform} needs at least one array among the positional arguments")
     adapter = adapter_for(*arrays)
+    call = _checked_call(fun, args, kwargs, adapter, 1, transform)
     if adapter.has_autodiff:
         return _autodiff_vjp(adapter, fun, args, kwargs)
-    return _manual_rule(_rules.RULES, fun, adapter, "derivative")(args, kwargs)
+    rules = manual_rules()
+    return _manual_rule(rules.vjp, rules, fun, adapter, "derivative")(call)
+
+
+def _checked_call(fun, args, kwargs, adapter, order, transform):
+    """``fun``'s call bound to its signature (``None`` for a function otcore does not
+    know, e.g. a lambda on JAX), after its capability table accepted it."""
+    if _capabilities.table(fun) is None:
+        return None
+    call = Call(fun, args, kwargs)
+    _capabilities.check(fun, call.arguments, adapter, order, transform)
+    return call
 
 
 def _autodiff_vjp(adapter, fun, args, kwargs):
@@ -69,14 +86,15 @@ def _autodiff_vjp(adapter, fun, args, kwargs):
     return value, vjp_fn
 
 
-def _manual_rule(registry, fun, adapter, kind):
-    """The manual rule of ``fun`` for a backend without autodiff, or a clear TypeError."""
-    rule = registry.get(fun)
+def _manual_rule(table, rules, fun, adapter, kind):
+    """The manual rule of ``fun`` for a backend without autodiff, or a clear TypeError
+    (an entry point with a capability table was already checked against it)."""
+    rule = table.get(fun)
     if rule is None:
-        names = ", ".join(sorted(f"otcore.{f.__name__}" for f in registry))
         raise TypeError(
             f"no {kind} rule for {getattr(fun, '__name__', fun)!r} on {adapter.name} arrays: "
-            f"pass one of otcore's entry points directly ({names}), or use JAX/PyTorch arrays"
+            f"pass one of otcore's entry points directly ({rules.names()}), or use JAX/PyTorch "
+            "arrays"
         )
     return rule
 
@@ -106,7 +124,7 @@ def value_and_grad(fun, argnums: int | Sequence[int] = 0):
                     f"argnums={argnums!r}: positional argument {k} must be given as an array "
                     f"to differentiate with respect to it (got {len(args)} positional arguments)"
                 )
-        value, pullback = vjp(fun, *args, **kwargs)
+        value, pullback = _vjp(fun, args, kwargs, "grad")
         if getattr(value, "ndim", None) != 0:
             raise TypeError(
                 f"grad needs a scalar output, got shape {getattr(value, 'shape', None)}; "
@@ -148,6 +166,15 @@ def _single_argnum(argnums, args):
     return argnums
 
 
+def _second_order_kwargs(fun, call, kwargs):
+    """A cost in envelope mode holds the potentials constant: its derivative would miss
+    their response, so second derivatives of an entry point differentiate them implicitly
+    (``use_danskin=False``), as the manual rules do (see the capability table)."""
+    if call is not None and _capabilities.table(fun).mode(call.arguments) == "envelope":
+        return {**kwargs, "use_danskin": False}
+    return kwargs
+
+
 def hvp(fun, argnums: int = 0):
     """Hessian-vector products of scalar ``fun`` w.r.t. positional argument ``argnums``.
 
@@ -168,9 +195,11 @@ def hvp(fun, argnums: int = 0):
     def wrapped(*args, **kwargs):
         k = _single_argnum(argnums, args)
         adapter = adapter_for(*_arrays(args))
+        call = _checked_call(fun, args, kwargs, adapter, 2, "hvp")
         if adapter.has_autodiff:
-            return adapter.hvp(fun, k, args, kwargs)
-        return _manual_rule(_rules.HVP_RULES, fun, adapter, "second-order")(args, kwargs, k)[1]
+            return adapter.hvp(fun, k, args, _second_order_kwargs(fun, call, kwargs))
+        rules = manual_rules()
+        return _manual_rule(rules.hvp, rules, fun, adapter, "second-order")(call, k)[1]
 
     return wrapped
 
@@ -193,9 +222,11 @@ def hessian(fun, argnums: int = 0):
     def wrapped(*args, **kwargs):
         k = _single_argnum(argnums, args)
         adapter = adapter_for(*_arrays(args))
+        call = _checked_call(fun, args, kwargs, adapter, 2, "hessian")
         if adapter.has_autodiff:
-            return adapter.hessian(fun, k, args, kwargs)
-        product = hvp(fun, k)(*args, **kwargs)
+            return adapter.hessian(fun, k, args, _second_order_kwargs(fun, call, kwargs))
+        rules = manual_rules()
+        product = _manual_rule(rules.hvp, rules, fun, adapter, "second-order")(call, k)[1]
         xp = adapter.xp
         arg = args[k]
         size = 1

@@ -13,24 +13,28 @@ The JAX adapter (``otcore.backends.jax``) registers every class of this registry
 ``jax.tree_util`` when it is imported, and every class registered later through
 :func:`on_register`; the core never imports a framework. ``tree_unflatten`` must not
 validate its children: a framework passes tracers, ``None`` or placeholder objects.
+Registration is per class, as in JAX: a subclass is a pytree only if it is decorated too.
 
 :class:`Static` makes any option object (a solver, a cost function, an adapter) usable as
 aux data: it compares by value (type and attributes, recursively), so two solvers built
 with the same options give the same tree structure (``lax.scan`` requires that of its
 carry; ``jax.jit`` reuses its compilation).
 
+A class declares itself so::
+
+    @register
+    class Pair:
+        def tree_flatten(self):
+            return (self.u, self.v), Static(self.options)
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            obj = cls.__new__(cls)  # no __init__: no validation of the children
+            obj.u, obj.v = children
+            obj.options = aux.value
+            return obj
+
 Example:
-    >>> @register
-    ... class Pair:
-    ...     def __init__(self, u, v, name):
-    ...         self.u, self.v, self.name = u, v, name
-    ...     def tree_flatten(self):
-    ...         return (self.u, self.v), self.name
-    ...     @classmethod
-    ...     def tree_unflatten(cls, aux, children):
-    ...         return cls(*children, aux)
-    >>> Pair in registered()
-    True
     >>> Static([1, {"a": 2.0}]) == Static([1, {"a": 2.0}]), Static(1) == Static(1.0)
     (True, False)
     >>> children, layout = split((1.5, "x", None))

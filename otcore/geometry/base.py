@@ -352,7 +352,7 @@ class Geometry:
         stored = self._cache.get("tree")
         if stored is not None:  # made by tree_unflatten: same structure, whatever its leaves
             return stored
-        inv = self.inv_scale_cost
+        inv = self.inv_scale_cost if self._shared is None else None  # else: _shared[1]
         stat = self._eps_stat if self._needs_eps_stat else None
         data = self.data_arrays()
         shared = (None, None) if self._shared is None else self._shared
@@ -375,7 +375,7 @@ class Geometry:
         eps_arg, shared_eps, shared_inv, inv, stat = values[n_data:]
         geom._epsilon_arg = eps_arg
         geom._shared = (shared_eps, shared_inv) if shared else None
-        geom._cache = {"tree": (list(children), aux), "inv_scale": inv}
+        geom._cache = {"tree": (list(children), aux), "inv_scale": shared_inv if shared else inv}
         if layout[-1] is _pytree.CHILD:
             geom._cache["eps_stat"] = stat
         return geom

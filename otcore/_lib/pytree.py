@@ -37,9 +37,10 @@ A class declares itself so::
 Example:
     >>> Static([1, {"a": 2.0}]) == Static([1, {"a": 2.0}]), Static(1) == Static(1.0)
     (True, False)
-    >>> children, layout = split((1.5, "x", None))
-    >>> children, join(layout, ["y"])
-    (['x'], (1.5, 'y', None))
+    >>> import numpy as np
+    >>> children, layout = split((0.5, np.ones(2), None))  # numbers and None are static
+    >>> children, join(layout, ["new"])
+    ([array([1., 1.])], (0.5, 'new', None))
 """
 
 from __future__ import annotations

@@ -93,10 +93,9 @@ class LinearProblem:
         prob = _pytree.unflatten_attrs(cls, aux, children)
         try:  # the children may be placeholders without shapes
             shapes = (prob.a.shape[:-1], prob.b.shape[:-1], prob.geom.batch_shape)
-        except (AttributeError, TypeError, IndexError):
-            prob.batch_shape = None
-        else:
             prob.batch_shape = _xp.broadcast_shapes(*shapes)
+        except (AttributeError, TypeError, IndexError, ValueError):
+            prob.batch_shape = None
         return prob
 
     @property

@@ -67,8 +67,8 @@ class DivergenceOutput:
     _tree_children = ("divergence", "outputs")
 
     def tree_flatten(self):
-        """``(children, aux)``: arrays are children; Python numbers (a float ε) and
-        ``None`` entries are aux."""
+        """``(children, aux)``: the value and the three :class:`~otcore.SinkhornOutput`
+        (pytrees; ``None`` with ``static_b``) are children."""
         return _pytree.flatten_attrs(self, self._tree_children)
 
     @classmethod

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.geometry.base import Geometry
 
 __all__ = ["LinearProblem"]
 
 
+@_pytree.register
 class LinearProblem:
     """``min_P <P, C> + ε KL(P || a⊗b) + ρ_a KL(P1 || a) + ρ_b KL(Pᵀ1 || b)``.
 
@@ -77,6 +79,22 @@ class LinearProblem:
         prob = LinearProblem.__new__(LinearProblem)
         prob.__dict__.update(self.__dict__)
         prob.geom, prob.a, prob.b = geom, a, b
+        return prob
+
+    def tree_flatten(self):
+        """``(children, aux)``: the geometry (a pytree itself) and the weights are children;
+        ``tau_a``, ``tau_b`` are aux. ``batch_shape`` is recomputed on unflattening (it
+        changes under ``jax.vmap``)."""
+        return _pytree.flatten_attrs(self, ("geom", "a", "b"), skip=("batch_shape",))
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        prob = _pytree.unflatten_attrs(cls, aux, children)
+        try:  # the children may be placeholders without shapes
+            shapes = (prob.a.shape[:-1], prob.b.shape[:-1], prob.geom.batch_shape)
+            prob.batch_shape = _xp.broadcast_shapes(*shapes)
+        except (AttributeError, TypeError, IndexError, ValueError):
+            prob.batch_shape = None
         return prob
 
     @property

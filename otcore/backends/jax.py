@@ -1,4 +1,11 @@
-"""JAX adapter: ``lax`` loops so that solvers run under ``jax.jit`` and ``jax.vmap``."""
+"""JAX adapter: ``lax`` loops so that solvers run under ``jax.jit`` and ``jax.vmap``.
+
+Importing this module also registers otcore's pytrees (geometries, problems, outputs: see
+:mod:`otcore._lib.pytree`) with ``jax.tree_util``, so that they pass through ``jax.jit``,
+``jax.vmap`` and ``lax.scan`` as arguments and results. It is imported as soon as otcore
+meets a JAX array (:func:`otcore.backends.adapter_for`), hence before any geometry made of
+JAX arrays exists.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from otcore._lib import pytree as _pytree
 from otcore.backends.base import Adapter
 
 
@@ -197,3 +205,20 @@ def _replayed_while(cond_c, body_c, max_steps, state, cond_consts, body_consts):
 
     loop.defvjp(fwd, bwd)
     return loop(state, list(cond_consts), list(body_consts))
+
+
+# -- pytrees ------------------------------------------------------------------------------
+_REGISTERED: set[type] = set()
+
+
+def _register_pytree(cls) -> None:
+    """Register ``cls`` (a class of :mod:`otcore._lib.pytree`) with ``jax.tree_util``."""
+    if cls in _REGISTERED:
+        return
+    jax.tree_util.register_pytree_node(
+        cls, lambda obj: obj.tree_flatten(), lambda aux, children: cls.tree_unflatten(aux, children)
+    )
+    _REGISTERED.add(cls)
+
+
+_pytree.on_register(_register_pytree)

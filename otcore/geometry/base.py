@@ -17,6 +17,7 @@ import math
 import numbers
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, validate_epsilon_args
@@ -27,6 +28,7 @@ __all__ = ["Geometry"]
 _SCALE_NAMES = ("mean", "max_cost", "median")
 
 
+@_pytree.register
 class Geometry:
     """A cost matrix with its entropic regularisation.
 
@@ -332,6 +334,51 @@ class Geometry:
         """``K = exp(-C / ε)`` (materialised)."""
         eps = self.epsilon if eps is None else eps
         return self.xp.exp(-self.cost_matrix / _xp.expand_dims_right(eps, 2))
+
+    # -- pytree (see otcore._lib.pytree; registered with JAX by otcore.backends.jax) -----
+    _tree_data_attrs = ("_raw",)  # the attributes that hold data_arrays()
+
+    def tree_flatten(self):
+        """``(children, aux)`` for ``jax.jit``, ``jax.vmap``, ``lax.scan``.
+
+        Children: :meth:`data_arrays`, ε when given as an array, the ε and scale imposed by
+        :meth:`sharing` when they are arrays, and the resolved cost statistics (the factor
+        ``1/scale`` of a ``scale_cost`` name, the statistic that a default or relative ε
+        multiplies). The statistics are resolved here, so that a geometry has one tree
+        structure whether or not it was used (a ``lax.scan`` carry needs that) and so that
+        they stay the constants they are eagerly. Aux: float ε and scale, the options,
+        cost function and adapter (compared by value).
+        """
+        stored = self._cache.get("tree")
+        if stored is not None:  # made by tree_unflatten: same structure, whatever its leaves
+            return stored
+        inv = self.inv_scale_cost if self._shared is None else None  # else: _shared[1]
+        stat = self._eps_stat if self._needs_eps_stat else None
+        data = self.data_arrays()
+        shared = (None, None) if self._shared is None else self._shared
+        children, layout = _pytree.split((*data, self._epsilon_arg, *shared, inv, stat))
+        skip = (*self._tree_data_attrs, "_epsilon_arg", "_shared", "_cache")
+        static = tuple(
+            sorted((k, _pytree.Static(v)) for k, v in vars(self).items() if k not in skip)
+        )
+        return children, (static, len(data), self._shared is not None, layout)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        """The geometry of :meth:`tree_flatten` on new children (no validation: they may be
+        tracers or placeholders); no cost matrix or other cache is carried over."""
+        static, n_data, shared, layout = aux
+        values = _pytree.join(layout, children)
+        geom = cls.__new__(cls)
+        geom.__dict__.update((k, s.value) for k, s in static)
+        geom._set_data_arrays(values[:n_data])
+        eps_arg, shared_eps, shared_inv, inv, stat = values[n_data:]
+        geom._epsilon_arg = eps_arg
+        geom._shared = (shared_eps, shared_inv) if shared else None
+        geom._cache = {"tree": (list(children), aux), "inv_scale": shared_inv if shared else inv}
+        if layout[-1] is _pytree.CHILD:
+            geom._cache["eps_stat"] = stat
+        return geom
 
     def __repr__(self):
         return f"{type(self).__name__}(shape={self.shape}, batch_shape={self.batch_shape})"

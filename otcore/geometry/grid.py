@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.base import Geometry
@@ -25,6 +26,7 @@ from otcore.geometry.operators import GeometryOperators
 __all__ = ["Grid"]
 
 
+@_pytree.register
 class Grid(Geometry):
     """A regular (or rectilinear) grid with a separable cost.
 
@@ -52,6 +54,7 @@ class Grid(Geometry):
     """
 
     is_online = False
+    _tree_data_attrs = ("axes",)
 
     def __init__(
         self,

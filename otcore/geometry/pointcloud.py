@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.base import Geometry
@@ -11,6 +12,7 @@ from otcore.geometry.costs import get_cost
 __all__ = ["PointCloud"]
 
 
+@_pytree.register
 class PointCloud(Geometry):
     """Two point clouds and a ground cost; ``C_ij = cost(x_i, y_j)``.
 
@@ -32,6 +34,8 @@ class PointCloud(Geometry):
         >>> geom.shape, geom.is_online
         ((5, 5), True)
     """
+
+    _tree_data_attrs = ("x", "y")
 
     def __init__(
         self,

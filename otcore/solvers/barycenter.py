@@ -24,6 +24,7 @@ adjoint.
 from __future__ import annotations
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.geometry.base import Geometry
 from otcore.implicit.system import ImplicitDiff
@@ -32,6 +33,7 @@ from otcore.solvers.loop import Stopping, fixed_point_loop
 __all__ = ["BarycenterOutput", "barycenter"]
 
 
+@_pytree.register
 class BarycenterOutput:
     """A barycenter and its potentials.
 
@@ -62,6 +64,28 @@ class BarycenterOutput:
         self.converged = converged
         self.diverged = diverged
         self.epsilon = epsilon
+
+    # -- pytree (registered with JAX by otcore.backends.jax) ---------------------------
+    _tree_children = (
+        "histogram",
+        "f",
+        "g",
+        "debiasing",
+        "errors",
+        "n_iters",
+        "converged",
+        "diverged",
+        "epsilon",
+    )
+
+    def tree_flatten(self):
+        """``(children, aux)``: arrays are children; Python numbers (a float ε) and
+        ``None`` entries are aux."""
+        return _pytree.flatten_attrs(self, self._tree_children)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return _pytree.unflatten_attrs(cls, aux, children)
 
     def __repr__(self):
         return f"BarycenterOutput(shape={tuple(self.histogram.shape)}, n_iters={self.n_iters})"

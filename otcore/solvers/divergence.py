@@ -13,6 +13,7 @@ iterations than the ``x``-``y`` problem.
 from __future__ import annotations
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore.geometry.base import Geometry
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
@@ -22,6 +23,7 @@ from otcore.solvers.sinkhorn import Sinkhorn
 __all__ = ["DivergenceOutput", "sinkhorn_divergence", "sinkhorn_divergence_costs"]
 
 
+@_pytree.register
 class DivergenceOutput:
     """The divergence and its three solves.
 
@@ -60,6 +62,18 @@ class DivergenceOutput:
     @property
     def errors(self):
         return tuple(None if o is None else o.errors for o in self.outputs)
+
+    # -- pytree (registered with JAX by otcore.backends.jax) ---------------------------
+    _tree_children = ("divergence", "outputs")
+
+    def tree_flatten(self):
+        """``(children, aux)``: the value and the three :class:`~otcore.SinkhornOutput`
+        (pytrees; ``None`` with ``static_b``) are children."""
+        return _pytree.flatten_attrs(self, self._tree_children)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return _pytree.unflatten_attrs(cls, aux, children)
 
     def __repr__(self):
         return f"DivergenceOutput(n_iters={self.n_iters})"

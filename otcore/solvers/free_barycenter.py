@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from otcore._lib import checks as _checks
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.costs import SqEuclidean, get_cost
@@ -43,6 +44,7 @@ __all__ = ["FreeBarycenterOutput", "free_barycenter"]
 _INNER_DEFAULTS = {"threshold": 1e-6}
 
 
+@_pytree.register
 class FreeBarycenterOutput:
     """A free-support barycenter and how it was reached.
 
@@ -82,6 +84,28 @@ class FreeBarycenterOutput:
         self.costs = costs
         self.linear_converged = linear_converged
         self.epsilon = epsilon
+
+    # -- pytree (registered with JAX by otcore.backends.jax) ---------------------------
+    _tree_children = (
+        "points",
+        "weights",
+        "n_iters",
+        "converged",
+        "diverged",
+        "errors",
+        "costs",
+        "linear_converged",
+        "epsilon",
+    )
+
+    def tree_flatten(self):
+        """``(children, aux)``: arrays are children; Python numbers (a float ε) and
+        ``None`` entries are aux."""
+        return _pytree.flatten_attrs(self, self._tree_children)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return _pytree.unflatten_attrs(cls, aux, children)
 
     def __repr__(self):
         return f"FreeBarycenterOutput(shape={tuple(self.points.shape)}, n_iters={self.n_iters})"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import warnings
 
+from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.errors import ConvergenceWarning, NonFiniteIterationError
 
 __all__ = ["SinkhornOutput", "report"]
 
 
+@_pytree.register
 class SinkhornOutput:
     """Potentials of a solve and everything derived from them.
 
@@ -37,6 +39,21 @@ class SinkhornOutput:
         self.diverged = diverged
         self.solver = solver
         self._cache = {}
+
+    # -- pytree (registered with JAX by otcore.backends.jax) ---------------------------
+    _tree_children = ("f", "g", "prob", "errors", "n_iters", "converged", "diverged")
+
+    def tree_flatten(self):
+        """``(children, aux)``: the arrays and the problem (a pytree) are children; the
+        solver (with its :class:`~otcore.ImplicitDiff`) is aux, compared by its options.
+        Cached plans and costs are not carried."""
+        return _pytree.flatten_attrs(self, self._tree_children, skip=("_cache",))
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        out = _pytree.unflatten_attrs(cls, aux, children)
+        out._cache = {}
+        return out
 
     # -- basic -----------------------------------------------------------------------
     @property

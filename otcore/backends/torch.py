@@ -131,26 +131,39 @@ class TorchAdapter(Adapter):
 class _ImplicitPotentials(torch.autograd.Function):
     """Identity on the solved potentials; backward = the implicit-function-theorem solve.
 
-    The backward is made of differentiable torch operations and saves the outputs
-    themselves, so double backward and Hessians flow through this same rule.
+    With ``S w = z̄`` (:meth:`~otcore.implicit.ImplicitSystem.solve`), the leaves receive
+    ``θ̄ = -ε (∂G/∂θ)ᵀ w``: the VJP of the optimality conditions
+    :meth:`~otcore.implicit.ImplicitSystem.conditions`, taken by ``torch.func.vjp`` (the
+    JAX adapter differentiates the same conditions). The backward is made of
+    differentiable torch operations and saves the outputs themselves, so double backward
+    and Hessians flow through this same rule; ``setup_context`` and the generated vmap
+    rule let ``torch.func.grad``, ``torch.func.vmap`` and ``torch.func.hessian`` use it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, make_system, f, g, *leaves):
-        f_out, g_out = f.clone(), g.clone()
+    def forward(make_system, f, g, *leaves):
+        return f.clone(), g.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        make_system, _, _, *leaves = inputs
         ctx.make_system = make_system
-        ctx.n_leaves = len(leaves)
-        ctx.save_for_backward(f_out, g_out, *leaves)
-        return f_out, g_out
+        ctx.save_for_backward(*output, *leaves)
 
     @staticmethod
     def backward(ctx, f_bar, g_bar):
         f, g, *leaves = ctx.saved_tensors
-        system = ctx.make_system(tuple(leaves), f, g)
-        f_bar = torch.zeros_like(f) if f_bar is None else f_bar
-        g_bar = torch.zeros_like(g) if g_bar is None else g_bar
-        wu, wv = system.solve(f_bar, g_bar)
-        grads = system.pullback(wu, wv)
+        make_system = ctx.make_system
+        with _highest_matmul_precision():
+            system = make_system(tuple(leaves), f, g)
+            f_bar = torch.zeros_like(f) if f_bar is None else f_bar
+            g_bar = torch.zeros_like(g) if g_bar is None else g_bar
+            wu, wv = system.solve(f_bar, g_bar)
+            e1 = system.e1
+            _, pull = torch.func.vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
+            grads = pull((-e1 * wu, -e1 * wv))
         return (None, None, None, *grads)
 
 

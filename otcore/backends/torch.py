@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
+from torch.utils import _pytree
 
 from otcore.backends.base import Adapter
+
+
+def _is_batched(x) -> bool:
+    """True when ``x`` is (or wraps) a ``torch.func.vmap`` BatchedTensor: its values
+    differ along a batch axis that Python control flow cannot see."""
+    functorch = torch._C._functorch
+    while isinstance(x, torch.Tensor) and functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return False
+
+
+def _any_of_batch(x) -> bool:
+    """``bool(any(x))`` over every ``vmap`` batch entry of a (0-d) boolean tensor."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        x = functorch.get_unwrapped(x)
+    return bool(torch.any(x))
 
 
 @contextlib.contextmanager
@@ -26,6 +47,21 @@ class TorchAdapter(Adapter):
     name = "torch"
 
     has_autodiff = True
+
+    def while_loop(self, cond, body, state):
+        """Python loop; under ``torch.func.vmap`` (a batched condition) it runs while any
+        batch entry's condition holds and keeps the state of the finished entries (the
+        semantics of ``jax.vmap`` of ``lax.while_loop``)."""
+        while True:
+            more = cond(state)
+            if not _is_batched(more):
+                if not bool(more):
+                    return state
+                state = body(state)
+                continue
+            if not _any_of_batch(more):
+                return state
+            state = _pytree.tree_map(functools.partial(_select, more), body(state), state)
 
     def vjp(self, fun, args, kwargs):
         leaves = [
@@ -95,6 +131,11 @@ class TorchAdapter(Adapter):
     def stop_gradient(self, x):
         return x.detach()
 
+    def is_concrete(self, x) -> bool:
+        # under torch.func.vmap a tensor holds one value per batch entry: like a JAX
+        # tracer, it cannot steer Python control flow (value checks are skipped)
+        return not _is_batched(x)
+
     def is_differentiating(self, *arrays) -> bool:
         return torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in arrays if a is not None
@@ -116,7 +157,7 @@ class TorchAdapter(Adapter):
         finite = torch.isfinite(m)
         m_safe = torch.where(finite, m, torch.zeros_like(m))
         floor = 0.9 * math.log(torch.finfo(x.dtype).tiny)
-        if x.requires_grad and torch.is_grad_enabled():
+        if (x.requires_grad and torch.is_grad_enabled()) or _is_batched(x):
             shifted = x - m_safe
             total = torch.sum(torch.exp(torch.clamp(shifted, min=floor)), dim=axis, keepdim=True)
         else:
@@ -126,6 +167,12 @@ class TorchAdapter(Adapter):
             total = torch.sum(shifted.clamp_(min=floor).exp_(), dim=axis, keepdim=True)
         out = torch.where(finite, torch.log(total) + m, m)
         return torch.squeeze(out, dim=axis)
+
+
+def _select(keep_new, new, old):
+    if isinstance(new, torch.Tensor):
+        return torch.where(keep_new, new, old)
+    return new
 
 
 class _ImplicitPotentials(torch.autograd.Function):
@@ -151,6 +198,7 @@ class _ImplicitPotentials(torch.autograd.Function):
         make_system, _, _, *leaves = inputs
         ctx.make_system = make_system
         ctx.save_for_backward(*output, *leaves)
+        ctx.save_for_forward(*output, *leaves)
 
     @staticmethod
     def backward(ctx, f_bar, g_bar):
@@ -165,6 +213,22 @@ class _ImplicitPotentials(torch.autograd.Function):
             _, pull = torch.func.vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
             grads = pull((-e1 * wu, -e1 * wv))
         return (None, None, None, *grads)
+
+    @staticmethod
+    def jvp(ctx, _, f_dot, g_dot, *leaf_dots):
+        # forward mode (torch.func.jacfwd, the outer pass of torch.func.hessian): the
+        # tangent of the fixed point, ż = -ε S⁻¹ (∂G/∂θ) θ̇ (the JAX rule); the potentials
+        # given to forward are a constant solve, their own tangents do not count
+        f, g, *leaves = ctx.saved_tensors
+        make_system = ctx.make_system
+        dots = tuple(torch.zeros_like(t) if d is None else d for t, d in zip(leaves, leaf_dots))
+        with _highest_matmul_precision():
+            system = make_system(tuple(leaves), f, g)
+            _, (cu, cv) = torch.func.jvp(
+                lambda *lv: make_system(lv, f, g).conditions(), tuple(leaves), dots
+            )
+            e1 = system.e1
+            return system.solve(-e1 * cu, -e1 * cv)
 
 
 class _FixedPointOutput(torch.autograd.Function):

@@ -136,21 +136,26 @@ def test_grid_2d_implicit_cost_gradients_match_fd():
 # -- gradcheck / gradgradcheck -----------------------------------------------------------------
 
 
-def test_implicit_potentials_gradcheck_and_gradgradcheck():
+@pytest.mark.parametrize("tau", [1.0, 0.8], ids=["balanced", "unbalanced"])
+def test_implicit_potentials_gradcheck_and_gradgradcheck(tau):
+    """Points (and, unbalanced, where the weights are free, the weights too)."""
     r = rng(3)
     x0, y0 = t(r.normal(size=(4, 2))), t(r.normal(size=(3, 2)))
+    a0, b0 = t(r.uniform(0.2, 0.4, 4)), t(r.uniform(0.2, 0.4, 3))
     v = t(r.normal(size=4))
     u = t(r.normal(size=3))
     u = u + (v.sum() - u.sum()) / 3  # gauge-invariant
 
-    def potentials(x, y):
-        out = ot.solve(ot.PointCloud(x, y, epsilon=0.5), threshold=TOL)
+    def potentials(x, y, a, b):
+        geom = ot.PointCloud(x, y, epsilon=2.0)  # few iterations: gradgradcheck solves often
+        out = ot.solve(geom, a, b, tau_a=tau, tau_b=tau, threshold=TOL)
         return torch.sum(v * out.f) + torch.sum(u * out.g)
 
-    x = x0.clone().requires_grad_(True)
-    y = y0.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(potentials, (x, y), eps=1e-6, atol=1e-7)
-    assert torch.autograd.gradgradcheck(potentials, (x, y), eps=1e-6, atol=1e-6)
+    if tau == 1.0:
+        a0, b0 = a0 / a0.sum(), b0 / b0.sum()
+    inputs = [s.clone().requires_grad_(tau < 1.0 or i < 2) for i, s in enumerate((x0, y0, a0, b0))]
+    assert torch.autograd.gradcheck(potentials, inputs, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(potentials, inputs, eps=1e-6, atol=1e-6)
 
 
 # -- torch.func.grad / hessian -----------------------------------------------------------------

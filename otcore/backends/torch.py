@@ -41,6 +41,48 @@ def _highest_matmul_precision():
         torch.set_float32_matmul_precision(previous)
 
 
+def _vjp(fun, *primals):
+    """``(fun(*primals), pull)`` like ``torch.func.vjp`` (``primals`` may be tuples of
+    tensors; ``pull(cotangents)`` returns cotangents shaped like ``primals``).
+
+    Inside a ``torch.func`` transform this is ``torch.func.vjp``; outside, plain autograd
+    on the same function (the first ``torch.func.vjp`` pull-back of a process imports
+    ``torch._dynamo``, seconds). Either way the cotangents are differentiable when
+    gradients are being recorded (double backward)."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return torch.func.vjp(fun, *primals)
+    create = torch.is_grad_enabled()
+    flat, spec = _pytree.tree_flatten(primals)
+
+    def leaf(t):
+        return t.view_as(t) if create and t.requires_grad else t.detach().requires_grad_(True)
+
+    with torch.enable_grad():
+        flat = [leaf(t) for t in flat]
+        out = fun(*_pytree.tree_unflatten(flat, spec))
+    flat_out = _pytree.tree_leaves(out)
+
+    def pull(cotangents):
+        pairs = [
+            (o, c) for o, c in zip(flat_out, _pytree.tree_leaves(cotangents)) if o.requires_grad
+        ]
+        grads = [None] * len(flat)
+        if pairs:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    flat,
+                    [c for _, c in pairs],
+                    retain_graph=True,
+                    create_graph=create,
+                    allow_unused=True,
+                )
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)]
+        return _pytree.tree_unflatten(grads, spec)
+
+    return out, pull
+
+
 def _while_loop(cond, body, state):
     """See :meth:`TorchAdapter.while_loop`."""
     while True:
@@ -215,7 +257,7 @@ class _ImplicitPotentials(torch.autograd.Function):
             g_bar = torch.zeros_like(g) if g_bar is None else g_bar
             wu, wv = system.solve(f_bar, g_bar)
             e1 = system.e1
-            _, pull = torch.func.vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
+            _, pull = _vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
             grads = pull((-e1 * wu, -e1 * wv))
         return (None, None, None, *grads)
 
@@ -262,7 +304,7 @@ class _FixedPointOutput(torch.autograd.Function):
         tensors = ctx.saved_tensors
         n_z, rtol, max_iter = ctx.n_z, ctx.rtol, ctx.max_iter
         z, leaves = tuple(tensors[:n_z]), tuple(tensors[n_z:])
-        _, pull = torch.func.vjp(ctx.step, z, leaves)
+        _, pull = _vjp(ctx.step, z, leaves)
 
         def adjoint(lam):
             return tuple(pull((lam, o_bar))[0])

@@ -340,3 +340,33 @@ def test_manual_pullback_equals_autodiff_conditions(name, tau):
         if tau == 1.0 and i >= k:  # balanced weights: defined up to a constant
             ga, gm = ga - ga.mean(), gm - gm.mean()
         assert_close(gm, ga, 1e-12, f"{name} leaf {i}")
+
+
+# -- forward mode ------------------------------------------------------------------------------
+
+
+def test_forward_mode_potentials_and_nested_forward_error():
+    """``torch.func.jacfwd`` and ``torch.autograd.forward_ad`` go through the implicit rule
+    (tangents of the potentials equal the reverse-mode Jacobian); forward mode inside
+    another derivative (which PyTorch would not differentiate) raises."""
+    import torch.autograd.forward_ad as fwad
+
+    x0, y, a0, r = cloud_problem()
+    v = t(r.normal(size=5))
+    u = t(r.normal(size=4))
+    u = u + (v.sum() - u.sum()) / 4
+
+    def pot(x):
+        out = ot.solve(ot.PointCloud(x, y, epsilon=0.5), a0, threshold=TOL)
+        return torch.sum(v * out.f) + torch.sum(u * out.g)
+
+    reverse = torch.func.grad(pot)(x0)
+    assert_close(torch.func.jacfwd(pot)(x0), reverse, 1e-10, "jacfwd vs grad")
+    d = t(r.normal(size=x0.shape))
+    with fwad.dual_level():
+        tangent = fwad.unpack_dual(pot(fwad.make_dual(x0, d))).tangent
+    assert abs(float(tangent) - float(torch.sum(reverse * d))) <= 1e-10 * float(tangent.abs())
+    with pytest.raises(NotImplementedError, match="forward mode only as the outermost"):
+        torch.func.jacfwd(torch.func.jacfwd(pot))(x0)
+    with pytest.raises(NotImplementedError, match="forward mode only as the outermost"):
+        torch.func.jacrev(torch.func.jacfwd(pot))(x0)

@@ -7,6 +7,7 @@ import functools
 import math
 
 import torch
+from torch.autograd import forward_ad
 from torch.utils import _pytree
 
 from otcore.backends.base import Adapter
@@ -21,6 +22,17 @@ def _is_batched(x) -> bool:
             return True
         x = functorch.get_unwrapped(x)
     return False
+
+
+def _has_tangent(x) -> bool:
+    """True when ``x`` is tracked by a ``torch.func`` grad/jvp level (those with a
+    tangent do not report ``requires_grad``) or is a forward-AD dual tensor."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_gradtrackingtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return forward_ad.unpack_dual(x).tangent is not None
 
 
 def _any_of_batch(x) -> bool:
@@ -81,6 +93,34 @@ def _vjp(fun, *primals):
         return _pytree.tree_unflatten(grads, spec)
 
     return out, pull
+
+
+def _jvp(fun, primals, tangents):
+    """``(∂fun/∂primals) tangents`` for a function returning a tuple of tensors:
+    ``torch.func.jvp`` inside a ``torch.func`` transform; outside (plain autograd, where
+    ``torch.autograd.forward_ad`` may be active and does not nest), the transpose of a
+    VJP that is linear in its cotangents."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return torch.func.jvp(fun, primals, tangents)[1]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in primals]
+        outs = fun(*leaves)
+        dummies = [torch.zeros_like(o, requires_grad=True) for o in outs]
+        pairs = [(o, u) for o, u in zip(outs, dummies) if o.requires_grad]
+        pulled = torch.autograd.grad(
+            [o for o, _ in pairs],
+            leaves,
+            [u for _, u in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+        used = [(p, t) for p, t in zip(pulled, tangents) if p is not None and p.requires_grad]
+        jv = [None] * len(dummies)
+        if used:
+            jv = torch.autograd.grad(
+                [p for p, _ in used], dummies, [t for _, t in used], allow_unused=True
+            )
+    return tuple(torch.zeros_like(o) if j is None else j for j, o in zip(jv, outs))
 
 
 def _while_loop(cond, body, state):
@@ -184,9 +224,12 @@ class TorchAdapter(Adapter):
         return not _is_batched(x)
 
     def is_differentiating(self, *arrays) -> bool:
-        return torch.is_grad_enabled() and any(
-            isinstance(a, torch.Tensor) and a.requires_grad for a in arrays if a is not None
-        )
+        """True for tensors that require grad (with grad mode on), that carry a
+        forward-mode tangent, or that a ``torch.func`` grad/jvp transform tracks."""
+        tensors = [a for a in arrays if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(a.requires_grad for a in tensors):
+            return True
+        return any(_has_tangent(a) for a in tensors)
 
     def full_precision(self):
         # a user's set_float32_matmul_precision("high") enables TF32 on GPUs: too coarse
@@ -220,6 +263,23 @@ def _select(keep_new, new, old):
     if isinstance(new, torch.Tensor):
         return torch.where(keep_new, new, old)
     return new
+
+
+def _check_jvp_not_differentiated():
+    """PyTorch does not differentiate a custom Function's ``jvp`` rule again (a toy
+    ``x ↦ x²`` gives ``jacfwd(jacfwd) = 0``): refuse rather than return wrong values."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    kinds = [i.key() for i in retrieve_all_functorch_interpreters()]
+    differentiating = [k for k in kinds if k.name in ("Grad", "Jvp")]
+    if len(differentiating) > 1:
+        raise NotImplementedError(
+            "otcore's implicit rule supports forward mode only as the outermost derivative "
+            "on PyTorch (torch.func.jacfwd(torch.func.jacfwd(f)) and "
+            "torch.func.jacrev(torch.func.jacfwd(f)) would be wrong): use "
+            "torch.func.hessian, torch.func.jacrev(torch.func.jacrev(f)) or "
+            "torch.autograd.functional.hessian"
+        )
 
 
 class _ImplicitPotentials(torch.autograd.Function):
@@ -266,14 +326,13 @@ class _ImplicitPotentials(torch.autograd.Function):
         # forward mode (torch.func.jacfwd, the outer pass of torch.func.hessian): the
         # tangent of the fixed point, ż = -ε S⁻¹ (∂G/∂θ) θ̇ (the JAX rule); the potentials
         # given to forward are a constant solve, their own tangents do not count
+        _check_jvp_not_differentiated()
         f, g, *leaves = ctx.saved_tensors
         make_system = ctx.make_system
         dots = tuple(torch.zeros_like(t) if d is None else d for t, d in zip(leaves, leaf_dots))
         with _highest_matmul_precision():
             system = make_system(tuple(leaves), f, g)
-            _, (cu, cv) = torch.func.jvp(
-                lambda *lv: make_system(lv, f, g).conditions(), tuple(leaves), dots
-            )
+            cu, cv = _jvp(lambda *lv: make_system(lv, f, g).conditions(), tuple(leaves), dots)
             e1 = system.e1
             return system.solve(-e1 * cu, -e1 * cv)
 

@@ -287,6 +287,7 @@ def test_barycenter_fixed_point_rule_under_torch_func():
     grad = torch.func.grad(loss)(C0)
     (ref,) = loop_of_autograd(loss, C0[None])
     assert_close(grad, ref, 1e-12, "torch.func.grad vs autograd.grad")
+    assert_close(torch.func.jacfwd(loss)(C0), ref, 1e-10, "forward mode vs autograd.grad")
     d = t(r.normal(size=(6, 6)))
     f0 = fd(loss, C0, d, h=1e-6)
     assert abs(float(torch.sum(grad * d)) - f0) <= 1e-6 * abs(f0)

@@ -337,13 +337,36 @@ class _ImplicitPotentials(torch.autograd.Function):
             return system.solve(-e1 * cu, -e1 * cv)
 
 
+def _iterate_to_fixed_point(update, like, rtol, max_iter, device):
+    """``x ← update(x)`` from zeros shaped like ``like`` (a tuple), checked every 10 steps
+    for a relative change below ``rtol``, at most ``max_iter`` steps; under
+    ``torch.func.vmap`` until every batch entry has converged."""
+
+    def body(s):
+        x, i = s["x"], s["i"]
+        for _ in range(min(10, max_iter - i) - 1):
+            x = update(x)
+        new = update(x)
+        change = sum(torch.sum((u - v) ** 2) for u, v in zip(new, x))
+        size = sum(torch.sum(u * u) for u in new)
+        return {"x": new, "i": i + 10, "more": change > rtol**2 * size}
+
+    state = {
+        "x": tuple(torch.zeros_like(v) for v in like),
+        "i": 0,
+        "more": torch.ones((), dtype=torch.bool, device=device),
+    }
+    return _while_loop(lambda s: s["more"] & (s["i"] < max_iter), body, state)["x"]
+
+
 class _FixedPointOutput(torch.autograd.Function):
     """``step(z, leaves)[1]`` at a fixed point ``z``; backward = the fixed-point adjoint.
 
     ``λ ← (∂step_z/∂z)ᵀ λ + (∂out/∂z)ᵀ ō`` is iterated from 0 (checked every 10 steps,
     relative change ``rtol``, at most ``max_iter`` steps) with ``torch.func.vjp`` of one
-    step, then pulled back to the leaves once (first order). Under ``torch.func.vmap``
-    the loop runs until every batch entry has converged.
+    step, then pulled back to the leaves once (first order; forward mode iterates the
+    tangent instead). Under ``torch.func.vmap`` the loop runs until every batch entry
+    has converged.
     """
 
     generate_vmap_rule = True
@@ -357,6 +380,31 @@ class _FixedPointOutput(torch.autograd.Function):
         step, rtol, max_iter, n_z, _, *tensors = inputs
         ctx.step, ctx.rtol, ctx.max_iter, ctx.n_z = step, rtol, max_iter, n_z
         ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+
+    @staticmethod
+    def jvp(ctx, _step, _rtol, _max_iter, _n_z, _value_dot, *dots):
+        # forward mode: ż ← (∂step_z/∂z) ż + (∂step_z/∂θ) θ̇ to the fixed point, then
+        # ȯ = (∂out/∂z) ż + (∂out/∂θ) θ̇ (the tangents of the solved z do not count)
+        _check_jvp_not_differentiated()
+        tensors = ctx.saved_tensors
+        n_z, step = ctx.n_z, ctx.step
+        z, leaves = tuple(tensors[:n_z]), tuple(tensors[n_z:])
+        leaf_dots = tuple(
+            torch.zeros_like(t) if d is None else d for t, d in zip(leaves, dots[n_z:])
+        )
+
+        def flat_step(*args):
+            z_new, out = step(tuple(args[:n_z]), tuple(args[n_z:]))
+            return (*z_new, out)
+
+        def tangent(z_dot):
+            return _jvp(flat_step, (*z, *leaves), (*z_dot, *leaf_dots))
+
+        z_dot = _iterate_to_fixed_point(
+            lambda zd: tuple(tangent(zd)[:n_z]), z, ctx.rtol, ctx.max_iter, z[0].device
+        )
+        return tangent(z_dot)[-1]
 
     @staticmethod
     def backward(ctx, o_bar):
@@ -368,17 +416,6 @@ class _FixedPointOutput(torch.autograd.Function):
         def adjoint(lam):
             return tuple(pull((lam, o_bar))[0])
 
-        def body(s):
-            lam, i = s["lam"], s["i"]
-            for _ in range(min(10, max_iter - i) - 1):
-                lam = adjoint(lam)
-            new = adjoint(lam)
-            change = sum(torch.sum((u - v) ** 2) for u, v in zip(new, lam))
-            size = sum(torch.sum(u * u) for u in new)
-            return {"lam": new, "i": i + 10, "more": change > rtol**2 * size}
-
-        lam0 = tuple(torch.zeros_like(v) for v in z)
-        state = {"lam": lam0, "i": 0, "more": torch.ones((), dtype=torch.bool, device=o_bar.device)}
-        state = _while_loop(lambda s: s["more"] & (s["i"] < max_iter), body, state)
-        grads = pull((state["lam"], o_bar))[1]
+        lam = _iterate_to_fixed_point(adjoint, z, rtol, max_iter, o_bar.device)
+        grads = pull((lam, o_bar))[1]
         return (None, None, None, None, None, *([None] * n_z), *grads)

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
+from torch.autograd import forward_ad
+from torch.utils import _pytree
 
 from otcore.backends.base import Adapter
+
+
+def _is_batched(x) -> bool:
+    """True when ``x`` is (or wraps) a ``torch.func.vmap`` BatchedTensor: its values
+    differ along a batch axis that Python control flow cannot see."""
+    functorch = torch._C._functorch
+    while isinstance(x, torch.Tensor) and functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return False
+
+
+def _has_tangent(x) -> bool:
+    """True when ``x`` is tracked by a ``torch.func`` grad/jvp level (those with a
+    tangent do not report ``requires_grad``) or is a forward-AD dual tensor."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_gradtrackingtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return forward_ad.unpack_dual(x).tangent is not None
+
+
+def _any_of_batch(x) -> bool:
+    """``bool(any(x))`` over every ``vmap`` batch entry of a (0-d) boolean tensor."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        x = functorch.get_unwrapped(x)
+    return bool(torch.any(x))
 
 
 @contextlib.contextmanager
@@ -20,12 +53,102 @@ def _highest_matmul_precision():
         torch.set_float32_matmul_precision(previous)
 
 
+def _vjp(fun, *primals):
+    """``(fun(*primals), pull)`` like ``torch.func.vjp`` (``primals`` may be tuples of
+    tensors; ``pull(cotangents)`` returns cotangents shaped like ``primals``).
+
+    Inside a ``torch.func`` transform this is ``torch.func.vjp``; outside, plain autograd
+    on the same function (the first ``torch.func.vjp`` pull-back of a process imports
+    ``torch._dynamo``, seconds). Either way the cotangents are differentiable when
+    gradients are being recorded (double backward)."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return torch.func.vjp(fun, *primals)
+    create = torch.is_grad_enabled()
+    flat, spec = _pytree.tree_flatten(primals)
+
+    def leaf(t):
+        return t.view_as(t) if create and t.requires_grad else t.detach().requires_grad_(True)
+
+    with torch.enable_grad():
+        flat = [leaf(t) for t in flat]
+        out = fun(*_pytree.tree_unflatten(flat, spec))
+    flat_out = _pytree.tree_leaves(out)
+
+    def pull(cotangents):
+        pairs = [
+            (o, c) for o, c in zip(flat_out, _pytree.tree_leaves(cotangents)) if o.requires_grad
+        ]
+        grads = [None] * len(flat)
+        if pairs:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    flat,
+                    [c for _, c in pairs],
+                    retain_graph=True,
+                    create_graph=create,
+                    allow_unused=True,
+                )
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)]
+        return _pytree.tree_unflatten(grads, spec)
+
+    return out, pull
+
+
+def _jvp(fun, primals, tangents):
+    """``(∂fun/∂primals) tangents`` for a function returning a tuple of tensors:
+    ``torch.func.jvp`` inside a ``torch.func`` transform; outside (plain autograd, where
+    ``torch.autograd.forward_ad`` may be active and does not nest), the transpose of a
+    VJP that is linear in its cotangents."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return torch.func.jvp(fun, primals, tangents)[1]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in primals]
+        outs = fun(*leaves)
+        dummies = [torch.zeros_like(o, requires_grad=True) for o in outs]
+        pairs = [(o, u) for o, u in zip(outs, dummies) if o.requires_grad]
+        pulled = torch.autograd.grad(
+            [o for o, _ in pairs],
+            leaves,
+            [u for _, u in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+        used = [(p, t) for p, t in zip(pulled, tangents) if p is not None and p.requires_grad]
+        jv = [None] * len(dummies)
+        if used:
+            jv = torch.autograd.grad(
+                [p for p, _ in used], dummies, [t for _, t in used], allow_unused=True
+            )
+    return tuple(torch.zeros_like(o) if j is None else j for j, o in zip(jv, outs))
+
+
+def _while_loop(cond, body, state):
+    """See :meth:`TorchAdapter.while_loop`."""
+    while True:
+        more = cond(state)
+        if not _is_batched(more):
+            if not bool(more):
+                return state
+            state = body(state)
+        elif not _any_of_batch(more):
+            return state
+        else:
+            state = _pytree.tree_map(functools.partial(_select, more), body(state), state)
+
+
 class TorchAdapter(Adapter):
     """Adapter for ``torch.Tensor`` inputs (any device)."""
 
     name = "torch"
 
     has_autodiff = True
+
+    def while_loop(self, cond, body, state):
+        """Python loop; under ``torch.func.vmap`` (a batched condition) it runs while any
+        batch entry's condition holds and keeps the state of the finished entries (the
+        semantics of ``jax.vmap`` of ``lax.while_loop``)."""
+        return _while_loop(cond, body, state)
 
     def vjp(self, fun, args, kwargs):
         leaves = [
@@ -100,10 +223,18 @@ class TorchAdapter(Adapter):
 
         return TorchNeuralOps(self)
 
+    def is_concrete(self, x) -> bool:
+        # under torch.func.vmap a tensor holds one value per batch entry: like a JAX
+        # tracer, it cannot steer Python control flow (value checks are skipped)
+        return not _is_batched(x)
+
     def is_differentiating(self, *arrays) -> bool:
-        return torch.is_grad_enabled() and any(
-            isinstance(a, torch.Tensor) and a.requires_grad for a in arrays if a is not None
-        )
+        """True for tensors that require grad (with grad mode on), that carry a
+        forward-mode tangent, or that a ``torch.func`` grad/jvp transform tracks."""
+        tensors = [a for a in arrays if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(a.requires_grad for a in tensors):
+            return True
+        return any(_has_tangent(a) for a in tensors)
 
     def full_precision(self):
         # a user's set_float32_matmul_precision("high") enables TF32 on GPUs: too coarse
@@ -121,7 +252,7 @@ class TorchAdapter(Adapter):
         finite = torch.isfinite(m)
         m_safe = torch.where(finite, m, torch.zeros_like(m))
         floor = 0.9 * math.log(torch.finfo(x.dtype).tiny)
-        if x.requires_grad and torch.is_grad_enabled():
+        if (x.requires_grad and torch.is_grad_enabled()) or _is_batched(x):
             shifted = x - m_safe
             total = torch.sum(torch.exp(torch.clamp(shifted, min=floor)), dim=axis, keepdim=True)
         else:
@@ -133,64 +264,163 @@ class TorchAdapter(Adapter):
         return torch.squeeze(out, dim=axis)
 
 
+def _select(keep_new, new, old):
+    if isinstance(new, torch.Tensor):
+        return torch.where(keep_new, new, old)
+    return new
+
+
+def _check_jvp_not_differentiated():
+    """PyTorch does not differentiate a custom Function's ``jvp`` rule again (a toy
+    ``x ↦ x²`` gives ``jacfwd(jacfwd) = 0``): refuse rather than return wrong values."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    kinds = [i.key() for i in retrieve_all_functorch_interpreters()]
+    differentiating = [k for k in kinds if k.name in ("Grad", "Jvp")]
+    if len(differentiating) > 1:
+        raise NotImplementedError(
+            "otcore's implicit rule supports forward mode only as the outermost derivative "
+            "on PyTorch (torch.func.jacfwd(torch.func.jacfwd(f)) and "
+            "torch.func.jacrev(torch.func.jacfwd(f)) would be wrong): use "
+            "torch.func.hessian, torch.func.jacrev(torch.func.jacrev(f)) or "
+            "torch.autograd.functional.hessian"
+        )
+
+
 class _ImplicitPotentials(torch.autograd.Function):
     """Identity on the solved potentials; backward = the implicit-function-theorem solve.
 
-    The backward is made of differentiable torch operations and saves the outputs
-    themselves, so double backward and Hessians flow through this same rule.
+    With ``S w = z̄`` (:meth:`~otcore.implicit.ImplicitSystem.solve`), the leaves receive
+    ``θ̄ = -ε (∂G/∂θ)ᵀ w``: the VJP of the optimality conditions
+    :meth:`~otcore.implicit.ImplicitSystem.conditions`, taken by ``torch.func.vjp`` (the
+    JAX adapter differentiates the same conditions). The backward is made of
+    differentiable torch operations and saves the outputs themselves, so double backward
+    and Hessians flow through this same rule; ``setup_context`` and the generated vmap
+    rule let ``torch.func.grad``, ``torch.func.vmap`` and ``torch.func.hessian`` use it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, make_system, f, g, *leaves):
-        f_out, g_out = f.clone(), g.clone()
+    def forward(make_system, f, g, *leaves):
+        return f.clone(), g.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        make_system, _, _, *leaves = inputs
         ctx.make_system = make_system
-        ctx.n_leaves = len(leaves)
-        ctx.save_for_backward(f_out, g_out, *leaves)
-        return f_out, g_out
+        ctx.save_for_backward(*output, *leaves)
+        ctx.save_for_forward(*output, *leaves)
 
     @staticmethod
     def backward(ctx, f_bar, g_bar):
         f, g, *leaves = ctx.saved_tensors
-        system = ctx.make_system(tuple(leaves), f, g)
-        f_bar = torch.zeros_like(f) if f_bar is None else f_bar
-        g_bar = torch.zeros_like(g) if g_bar is None else g_bar
-        wu, wv = system.solve(f_bar, g_bar)
-        grads = system.pullback(wu, wv)
+        make_system = ctx.make_system
+        with _highest_matmul_precision():
+            system = make_system(tuple(leaves), f, g)
+            f_bar = torch.zeros_like(f) if f_bar is None else f_bar
+            g_bar = torch.zeros_like(g) if g_bar is None else g_bar
+            wu, wv = system.solve(f_bar, g_bar)
+            e1 = system.e1
+            _, pull = _vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
+            grads = pull((-e1 * wu, -e1 * wv))
         return (None, None, None, *grads)
+
+    @staticmethod
+    def jvp(ctx, _, f_dot, g_dot, *leaf_dots):
+        # forward mode (torch.func.jacfwd, the outer pass of torch.func.hessian): the
+        # tangent of the fixed point, ż = -ε S⁻¹ (∂G/∂θ) θ̇ (the JAX rule); the potentials
+        # given to forward are a constant solve, their own tangents do not count
+        _check_jvp_not_differentiated()
+        f, g, *leaves = ctx.saved_tensors
+        make_system = ctx.make_system
+        dots = tuple(torch.zeros_like(t) if d is None else d for t, d in zip(leaves, leaf_dots))
+        with _highest_matmul_precision():
+            system = make_system(tuple(leaves), f, g)
+            cu, cv = _jvp(lambda *lv: make_system(lv, f, g).conditions(), tuple(leaves), dots)
+            e1 = system.e1
+            return system.solve(-e1 * cu, -e1 * cv)
+
+
+def _iterate_to_fixed_point(update, like, rtol, max_iter, device):
+    """``x ← update(x)`` from zeros shaped like ``like`` (a tuple), checked every 10 steps
+    for a relative change below ``rtol``, at most ``max_iter`` steps; under
+    ``torch.func.vmap`` until every batch entry has converged."""
+
+    def body(s):
+        x, i = s["x"], s["i"]
+        for _ in range(min(10, max_iter - i) - 1):
+            x = update(x)
+        new = update(x)
+        change = sum(torch.sum((u - v) ** 2) for u, v in zip(new, x))
+        size = sum(torch.sum(u * u) for u in new)
+        return {"x": new, "i": i + 10, "more": change > rtol**2 * size}
+
+    state = {
+        "x": tuple(torch.zeros_like(v) for v in like),
+        "i": 0,
+        "more": torch.ones((), dtype=torch.bool, device=device),
+    }
+    return _while_loop(lambda s: s["more"] & (s["i"] < max_iter), body, state)["x"]
 
 
 class _FixedPointOutput(torch.autograd.Function):
-    """``step(z, leaves)[1]`` at a fixed point ``z``; backward = the fixed-point adjoint."""
+    """``step(z, leaves)[1]`` at a fixed point ``z``; backward = the fixed-point adjoint.
+
+    ``λ ← (∂step_z/∂z)ᵀ λ + (∂out/∂z)ᵀ ō`` is iterated from 0 (checked every 10 steps,
+    relative change ``rtol``, at most ``max_iter`` steps) with ``torch.func.vjp`` of one
+    step, then pulled back to the leaves once (first order; forward mode iterates the
+    tangent instead). Under ``torch.func.vmap`` the loop runs until every batch entry
+    has converged.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, step, rtol, max_iter, n_z, value, *tensors):
+    def forward(step, rtol, max_iter, n_z, value, *tensors):
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        step, rtol, max_iter, n_z, _, *tensors = inputs
         ctx.step, ctx.rtol, ctx.max_iter, ctx.n_z = step, rtol, max_iter, n_z
         ctx.save_for_backward(*tensors)
-        return value.clone()
+        ctx.save_for_forward(*tensors)
+
+    @staticmethod
+    def jvp(ctx, _step, _rtol, _max_iter, _n_z, _value_dot, *dots):
+        # forward mode: ż ← (∂step_z/∂z) ż + (∂step_z/∂θ) θ̇ to the fixed point, then
+        # ȯ = (∂out/∂z) ż + (∂out/∂θ) θ̇ (the tangents of the solved z do not count)
+        _check_jvp_not_differentiated()
+        tensors = ctx.saved_tensors
+        n_z, step = ctx.n_z, ctx.step
+        z, leaves = tuple(tensors[:n_z]), tuple(tensors[n_z:])
+        leaf_dots = tuple(
+            torch.zeros_like(t) if d is None else d for t, d in zip(leaves, dots[n_z:])
+        )
+
+        def flat_step(*args):
+            z_new, out = step(tuple(args[:n_z]), tuple(args[n_z:]))
+            return (*z_new, out)
+
+        def tangent(z_dot):
+            return _jvp(flat_step, (*z, *leaves), (*z_dot, *leaf_dots))
+
+        z_dot = _iterate_to_fixed_point(
+            lambda zd: tuple(tangent(zd)[:n_z]), z, ctx.rtol, ctx.max_iter, z[0].device
+        )
+        return tangent(z_dot)[-1]
 
     @staticmethod
     def backward(ctx, o_bar):
         tensors = ctx.saved_tensors
-        n_z = ctx.n_z
-        with torch.enable_grad():
-            z = [t.detach().requires_grad_(True) for t in tensors[:n_z]]
-            leaves = [t.detach().requires_grad_(True) for t in tensors[n_z:]]
-            z_new, out = ctx.step(tuple(z), tuple(leaves))
-            outputs = (*z_new, out)
-            lam = [torch.zeros_like(v) for v in z]
-            for i in range(ctx.max_iter):
-                new = torch.autograd.grad(outputs, z, (*lam, o_bar), retain_graph=True)
-                if i % 10 == 9 or i == ctx.max_iter - 1:
-                    change = sum(torch.sum((u - v) ** 2) for u, v in zip(new, lam))
-                    size = sum(torch.sum(u * u) for u in new)
-                    lam = list(new)
-                    if bool(change <= ctx.rtol**2 * size):
-                        break
-                else:
-                    lam = list(new)
-            grads = torch.autograd.grad(outputs, leaves, (*lam, o_bar), allow_unused=True)
-        grads = [
-            None if not need else (torch.zeros_like(t) if g is None else g)
-            for g, t, need in zip(grads, leaves, ctx.needs_input_grad[5 + n_z :])
-        ]
+        n_z, rtol, max_iter = ctx.n_z, ctx.rtol, ctx.max_iter
+        z, leaves = tuple(tensors[:n_z]), tuple(tensors[n_z:])
+        _, pull = _vjp(ctx.step, z, leaves)
+
+        def adjoint(lam):
+            return tuple(pull((lam, o_bar))[0])
+
+        lam = _iterate_to_fixed_point(adjoint, z, rtol, max_iter, o_bar.device)
+        grads = pull((lam, o_bar))[1]
         return (None, None, None, None, None, *([None] * n_z), *grads)

@@ -537,3 +537,50 @@ def test_grid_hessian_wrt_weights_equals_finite_differences(backend, mode="impli
     dirs, ref = _grid_hessian_reference()
     assert np.all(np.isfinite(hess)), hess
     np.testing.assert_allclose(dirs @ hess @ dirs.T, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_grid_plan_apply_derivatives_on_one_signed_vectors_equal_dense(backend):
+    """``P v`` on a grid splits ``v`` into log-positive and log-negative parts; for a
+    one-signed ``v`` (and rows of zero weight) one part is empty in whole slices, whose
+    log-sum-exp must have zero, not NaN, derivatives. Reference: the dense operators."""
+    pytest.importorskip(backend)
+    be = make_backend(backend)
+    ax0, ax1, _, _ = _grid2d_case()
+    rng = np.random.default_rng(3)
+    fe, ge = rng.normal(size=12), rng.normal(size=12)
+    fe[[0, 5]] = -np.inf  # zero weights
+    vecs = {"positive": rng.uniform(0.1, 1.0, 12), "negative": -rng.uniform(0.1, 1.0, 12)}
+    ct = rng.normal(size=12)
+
+    def apply(geom_kind, fe_, ge_, v_, axis):
+        grid = ot.Grid(axes=[be.to_xp(ax0), be.to_xp(ax1)], epsilon=EPS)
+        geom = grid if geom_kind == "grid" else ot.Geometry(grid.cost_matrix, epsilon=EPS)
+        out = geom.operators().plan_apply(fe_, ge_, v_, axis)
+        keep = be.to_xp(np.isfinite(fe) if axis == 1 else np.ones(12, bool))
+        return _sum(be.where(keep, out, 0.0 * out) * be.to_xp(ct))
+
+    for name, v in vecs.items():
+        for axis in (0, 1):
+            grads = {}
+            for geom_kind in ("grid", "dense"):
+                args = [be.to_xp(ge), be.to_xp(v)]
+                if backend == "jax":
+                    import jax
+
+                    g = jax.grad(
+                        lambda ge_, v_, k=geom_kind, ax=axis: apply(k, be.to_xp(fe), ge_, v_, ax),
+                        argnums=(0, 1),
+                    )(*args)
+                else:
+                    import torch
+
+                    for t in args:
+                        t.requires_grad_(True)
+                    g = torch.autograd.grad(apply(geom_kind, be.to_xp(fe), *args, axis), args)
+                grads[geom_kind] = [be.to_np(t) for t in g]
+            for which, g_grid, g_dense in zip(("ge", "v"), grads["grid"], grads["dense"]):
+                assert np.all(np.isfinite(g_grid)), (name, axis, which, g_grid)
+                np.testing.assert_allclose(
+                    g_grid, g_dense, rtol=0, atol=1e-12 * np.abs(g_dense).max()
+                )

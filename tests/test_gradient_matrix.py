@@ -514,8 +514,11 @@ def _grid_hessian_reference():
     return dirs, np.stack([dirs @ c for c in cols])
 
 
+@pytest.mark.parametrize("mode", ["envelope", "implicit"])
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_grid_hessian_wrt_weights_equals_finite_differences(backend, mode="implicit"):
+def test_grid_hessian_wrt_weights_equals_finite_differences(backend, mode):
+    """Second order is exact in either first-order mode: the envelope (Danskin) gradient,
+    differentiated again, must see how the potentials move (DESIGN §3.2.5)."""
     pytest.importorskip(backend)
     ax0, ax1, a, b = _grid2d_case()
     be = make_backend(backend)

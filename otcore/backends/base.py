@@ -124,6 +124,14 @@ class Adapter:
         """``x`` as a constant for the autodiff framework (identity without one)."""
         return x
 
+    def envelope(self, x):
+        """``x`` held constant in *first* derivatives only (Danskin's envelope theorem):
+        its first-order tangent is zero, while a second derivative still sees how ``x``
+        moves. Default: :meth:`stop_gradient` (a backend whose autodiff cannot tell the
+        orders apart gets envelope first derivatives and no second-order term through
+        ``x``)."""
+        return self.stop_gradient(x)
+
     def is_concrete(self, x) -> bool:
         """True when ``x`` holds values that may be inspected (not a tracer)."""
         return True

@@ -141,6 +141,9 @@ class JaxAdapter(Adapter):
 
         return JaxNeuralOps(self)
 
+    def envelope(self, x):
+        return _envelope(x)
+
     def is_concrete(self, x) -> bool:
         return not isinstance(x, jax.core.Tracer)
 
@@ -154,6 +157,20 @@ class JaxAdapter(Adapter):
 
     def logsumexp(self, x, axis: int):
         return jax.nn.logsumexp(x, axis=axis)
+
+
+@jax.custom_jvp
+def _envelope(x):
+    """Identity whose tangent is zero; the rule's primal output is ``x`` itself (not a
+    constant), so an outer derivative (``jax.hessian``'s ``jacfwd``, or a second
+    ``jacrev``) still differentiates it: envelope gradients, exact Hessians."""
+    return x
+
+
+@_envelope.defjvp
+def _envelope_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return x, jnp.zeros_like(t)
 
 
 def _run_recorded(cond_c, body_c, max_steps, state, cond_consts, body_consts):

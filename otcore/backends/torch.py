@@ -218,6 +218,13 @@ class TorchAdapter(Adapter):
     def stop_gradient(self, x):
         return x.detach()
 
+    def envelope(self, x):
+        """``x`` with a zero first derivative and a live second one (see
+        :class:`_Envelope`); ``x`` itself when nothing differentiates it."""
+        if not self.is_differentiating(x):
+            return x
+        return _Envelope.apply(x)
+
     def training(self):
         from otcore.backends.neural_torch import TorchNeuralOps
 
@@ -270,6 +277,21 @@ def _select(keep_new, new, old):
     return new
 
 
+def _records_second_order() -> bool:
+    """Inside a backward: whether a derivative of it is being taken. Plain autograd: grad
+    mode is on (``create_graph=True``). ``torch.func``: a jvp level, or a grad level
+    outside the innermost transform, differentiates the backward (``torch.func.hessian``
+    is ``jacfwd(jacrev(.))``; ``jacrev(jacrev(.))``); ``torch.func.grad``, under ``vmap``
+    or not, is first order."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return torch.is_grad_enabled()
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    kinds = [i.key().name for i in retrieve_all_functorch_interpreters()]
+    # a grad level outside the innermost one is an outer reverse pass (jacrev(jacrev))
+    return "Jvp" in kinds or "Grad" in kinds[:-1]
+
+
 def _check_jvp_not_differentiated():
     """PyTorch does not differentiate a custom Function's ``jvp`` rule again (a toy
     ``x ↦ x²`` gives ``jacfwd(jacfwd) = 0``): refuse rather than return wrong values."""
@@ -285,6 +307,32 @@ def _check_jvp_not_differentiated():
             "torch.func.hessian, torch.func.jacrev(torch.func.jacrev(f)) or "
             "torch.autograd.functional.hessian"
         )
+
+
+class _Envelope(torch.autograd.Function):
+    """Identity whose backward passes ``ḡ - stop_gradient(ḡ)``: zero in value, so first
+    derivatives hold ``x`` constant (Danskin's envelope), but a derivative of that
+    backward (double backward, ``torch.func.hessian``) still carries ``ḡ``'s dependence on
+    the inputs back through ``x``'s own rule (the implicit potentials). At a stationary
+    point this gives the exact second derivative ``L_θθ + J_xᵀ L_xθ``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g - g.detach()
+
+    @staticmethod
+    def jvp(ctx, x_dot):
+        return torch.zeros_like(x_dot)
 
 
 class _ImplicitPotentials(torch.autograd.Function):
@@ -320,7 +368,13 @@ class _ImplicitPotentials(torch.autograd.Function):
             system = make_system(tuple(leaves), f, g)
             f_bar = torch.zeros_like(f) if f_bar is None else f_bar
             g_bar = torch.zeros_like(g) if g_bar is None else g_bar
-            wu, wv = system.solve(f_bar, g_bar)
+            if _records_second_order():
+                # a derivative of this backward is being recorded: the solve must be
+                # linear in its right-hand side even where that is zero in value (the
+                # envelope rule's cotangent), and differentiable in the system itself
+                wu, wv = _LinearSolve.apply(make_system, f_bar, g_bar, f, g, *leaves)
+            else:
+                wu, wv = system.solve(f_bar, g_bar)
             e1 = system.e1
             _, pull = _vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
             grads = pull((-e1 * wu, -e1 * wv))
@@ -340,6 +394,52 @@ class _ImplicitPotentials(torch.autograd.Function):
             cu, cv = _jvp(lambda *lv: make_system(lv, f, g).conditions(), tuple(leaves), dots)
             e1 = system.e1
             return system.solve(-e1 * cu, -e1 * cv)
+
+
+class _LinearSolve(torch.autograd.Function):
+    """``w = S⁺ z`` (:meth:`~otcore.implicit.ImplicitSystem.solve`) as a differentiable
+    function of the right-hand side ``z`` and of the arrays ``(f, g, leaves)`` that ``S``
+    is built from, like JAX's ``lax.custom_linear_solve``: ``z̄ = S⁺ w̄`` (``S`` is
+    symmetric) and ``θ̄ = -(∂(S w)/∂θ)ᵀ z̄``; forward mode ``ẇ = S⁺(ż - Ṡ w)``. The value
+    is the conjugate-gradient solution itself, so a right-hand side that is zero in value
+    still has its exact derivative (conjugate gradients stop at once on it)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(make_system, zu, zv, f, g, *leaves):
+        return make_system(tuple(leaves), f, g).solve(zu, zv)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        make_system, _, _, f, g, *leaves = inputs
+        ctx.make_system = make_system
+        ctx.save_for_backward(*output, f, g, *leaves)
+        ctx.save_for_forward(*output, f, g, *leaves)
+
+    @staticmethod
+    def backward(ctx, wu_bar, wv_bar):
+        wu, wv, f, g, *leaves = ctx.saved_tensors
+        make_system = ctx.make_system
+        wu_bar = torch.zeros_like(wu) if wu_bar is None else wu_bar
+        wv_bar = torch.zeros_like(wv) if wv_bar is None else wv_bar
+        zu_bar, zv_bar = make_system(tuple(leaves), f, g).solve(wu_bar, wv_bar)
+        _, pull = _vjp(lambda *t: make_system(t[2:], t[0], t[1]).matvec(wu, wv), f, g, *leaves)
+        grads = pull((-zu_bar, -zv_bar))
+        return (None, zu_bar, zv_bar, *grads)
+
+    @staticmethod
+    def jvp(ctx, _, zu_dot, zv_dot, *dots):
+        wu, wv, *tensors = ctx.saved_tensors
+        make_system = ctx.make_system
+        dots = tuple(torch.zeros_like(t) if d is None else d for t, d in zip(tensors, dots))
+        su, sv = _jvp(
+            lambda *t: make_system(t[2:], t[0], t[1]).matvec(wu, wv), tuple(tensors), dots
+        )
+        zu_dot = torch.zeros_like(wu) if zu_dot is None else zu_dot
+        zv_dot = torch.zeros_like(wv) if zv_dot is None else zv_dot
+        f, g, *leaves = tensors
+        return make_system(tuple(leaves), f, g).solve(zu_dot - su, zv_dot - sv)
 
 
 def _iterate_to_fixed_point(update, like, rtol, max_iter, device):

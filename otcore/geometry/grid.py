@@ -241,11 +241,22 @@ class GridOperators(GeometryOperators):
         self.geom = geom
         self.eps = eps
         self.xp = geom.xp
-        self._lse = geom.adapter.logsumexp
+        self._native_lse = geom.adapter.logsumexp
         s = _xp.expand_dims_right(geom.inv_scale_cost, 2)
         e = _xp.expand_dims_right(eps, 2)
         self._ce = [c * s / e for c in geom._axis_costs_raw()]  # Ĉ_k (n_k, n_k)
         self._k = [self.xp.exp(-c) for c in self._ce] if kernel else None
+
+    def _lse(self, x, axis: int):
+        """``log Σ exp(x)`` over ``axis``; a slice of only ``-inf`` gives ``-inf`` with
+        zero (not NaN) derivatives. Per-axis reductions meet such slices often: the
+        positive or negative part of a one-signed vector in :meth:`plan_apply`, zero
+        weights, the zero diagonal of ``log Ĉ_k`` in :meth:`plan_dot_cost`; the native
+        log-sum-exp differentiates ``log 0`` there (NaN under ``jax.hessian``)."""
+        xp = self.xp
+        empty = xp.max(x, axis=axis, keepdims=True) == -math.inf
+        out = self._native_lse(xp.where(empty, xp.zeros_like(x), x), axis=axis)
+        return xp.where(xp.squeeze(empty, axis=axis), -math.inf, out)
 
     # -- per-axis application -------------------------------------------------------
     def _along_axes(self, u, apply_one):

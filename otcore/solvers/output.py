@@ -103,11 +103,12 @@ class SinkhornOutput:
 
     @property
     def _cost_potentials(self):
-        """``(f, g)`` as used in the costs: constants when ``use_danskin``."""
+        """``(f, g)`` as used in the costs: held constant in first derivatives when
+        ``use_danskin`` (the envelope gradient; see :meth:`Adapter.envelope`)."""
         if not self.solver.use_danskin:
             return self.f, self.g
-        sg = self.geom.adapter.stop_gradient
-        return sg(self.f), sg(self.g)
+        env = self.geom.adapter.envelope
+        return env(self.f), env(self.g)
 
     # -- plan --------------------------------------------------------------------------
     @property

@@ -49,6 +49,7 @@ import types
 
 __all__ = [
     "CHILD",
+    "AttributeNode",
     "Static",
     "flatten_attrs",
     "join",
@@ -203,3 +204,19 @@ def unflatten_attrs(cls, aux, children):
     obj.__dict__.update(zip(names, join(layout, children)))
     obj.__dict__[_LAYOUT_ATTR] = layout
     return obj
+
+
+class AttributeNode:
+    """Mixin for a class whose pytree state is its attributes: the attributes named in
+    ``_tree_children`` are children (arrays, nested pytrees; Python numbers and ``None``
+    among them go to aux), every other attribute is aux (see :func:`flatten_attrs`).
+    Decorate the subclass with :func:`register`."""
+
+    _tree_children: tuple[str, ...] = ()
+
+    def tree_flatten(self):
+        return flatten_attrs(self, self._tree_children)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return unflatten_attrs(cls, aux, children)

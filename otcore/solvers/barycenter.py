@@ -34,7 +34,7 @@ __all__ = ["BarycenterOutput", "barycenter"]
 
 
 @_pytree.register
-class BarycenterOutput:
+class BarycenterOutput(_pytree.AttributeNode):
     """A barycenter and its potentials.
 
     Shapes, with ``...`` the batch axes of the weights (``()`` for one weight vector),
@@ -77,15 +77,6 @@ class BarycenterOutput:
         "diverged",
         "epsilon",
     )
-
-    def tree_flatten(self):
-        """``(children, aux)``: arrays are children; Python numbers (a float ε) and
-        ``None`` entries are aux."""
-        return _pytree.flatten_attrs(self, self._tree_children)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return _pytree.unflatten_attrs(cls, aux, children)
 
     def __repr__(self):
         return f"BarycenterOutput(shape={tuple(self.histogram.shape)}, n_iters={self.n_iters})"

@@ -24,7 +24,7 @@ __all__ = ["DivergenceOutput", "sinkhorn_divergence", "sinkhorn_divergence_costs
 
 
 @_pytree.register
-class DivergenceOutput:
+class DivergenceOutput(_pytree.AttributeNode):
     """The divergence and its three solves.
 
     Attributes:
@@ -65,15 +65,6 @@ class DivergenceOutput:
 
     # -- pytree (registered with JAX by otcore.backends.jax) ---------------------------
     _tree_children = ("divergence", "outputs")
-
-    def tree_flatten(self):
-        """``(children, aux)``: the value and the three :class:`~otcore.SinkhornOutput`
-        (pytrees; ``None`` with ``static_b``) are children."""
-        return _pytree.flatten_attrs(self, self._tree_children)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return _pytree.unflatten_attrs(cls, aux, children)
 
     def __repr__(self):
         return f"DivergenceOutput(n_iters={self.n_iters})"

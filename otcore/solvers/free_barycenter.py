@@ -45,7 +45,7 @@ _INNER_DEFAULTS = {"threshold": 1e-6}
 
 
 @_pytree.register
-class FreeBarycenterOutput:
+class FreeBarycenterOutput(_pytree.AttributeNode):
     """A free-support barycenter and how it was reached.
 
     Attributes:
@@ -97,15 +97,6 @@ class FreeBarycenterOutput:
         "linear_converged",
         "epsilon",
     )
-
-    def tree_flatten(self):
-        """``(children, aux)``: arrays are children; Python numbers (a float ε) and
-        ``None`` entries are aux."""
-        return _pytree.flatten_attrs(self, self._tree_children)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return _pytree.unflatten_attrs(cls, aux, children)
 
     def __repr__(self):
         return f"FreeBarycenterOutput(shape={tuple(self.points.shape)}, n_iters={self.n_iters})"

@@ -25,6 +25,7 @@ HOOKS = (
     "fori_loop",
     "jit",
     "stop_gradient",
+    "envelope",
     "is_concrete",
     "is_differentiating",
     "vjp",
@@ -45,6 +46,7 @@ AUTODIFF_HOOKS = (
     "implicit_potentials",
     "fixed_point_output",
     "stop_gradient",
+    "envelope",
     "is_differentiating",
     "training",
 )

@@ -7,7 +7,11 @@ device. See ``docs/`` for the conventions (ε, units, which way the plan goes).
 from otcore import neural
 from otcore.api import reg_ot_cost, reg_ot_cost_matrix, solve
 from otcore.autodiff.transforms import grad, hessian, hvp, value_and_grad, vjp
-from otcore.errors import ConvergenceWarning, NonFiniteIterationError
+from otcore.errors import (
+    ConvergenceWarning,
+    NonFiniteIterationError,
+    UnsupportedDerivativeError,
+)
 from otcore.geometry import costs
 from otcore.geometry.base import Geometry
 from otcore.geometry.epsilon import EpsilonSchedule
@@ -42,6 +46,7 @@ __all__ = [
     "PointCloud",
     "Sinkhorn",
     "SinkhornOutput",
+    "UnsupportedDerivativeError",
     "WassersteinDictionary",
     "barycenter",
     "costs",

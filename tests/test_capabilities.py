@@ -130,9 +130,9 @@ def test_free_barycenter_on_torch_is_supported_where_numpy_is_not():
 
 
 def test_envelope_second_order_on_torch_is_the_implicit_hessian():
-    """``ot.hessian`` of a cost in envelope mode (the default) differentiates the potentials
-    implicitly on every backend, and so does PyTorch's own Hessian of the envelope
-    gradient (the envelope rule keeps the potentials' response for second order)."""
+    """``ot.hessian`` of a cost in envelope mode (the default) on PyTorch, and PyTorch's own
+    Hessian of the envelope gradient, equal the manual analytic Hessian: the envelope
+    rule keeps the potentials' response for second order."""
     torch = pytest.importorskip("torch")
     assert expect(ot.reg_ot_cost, "torch", "envelope", 2).supported
     args, kw = example_call(ot.reg_ot_cost, "envelope")

@@ -182,9 +182,9 @@ COST_MODES = ("envelope", "implicit", "unrolled")
 FIXED_POINT_MODES = ("implicit", "unrolled")
 
 _AUTODIFF_SECOND_ORDER_ENVELOPE = yes(
-    "ot.hvp/ot.hessian differentiate the potentials implicitly (they pass use_danskin=False); "
-    "jax.hessian/torch.autograd of the envelope gradient itself would miss the potentials' "
-    "response"
+    "the envelope rule holds the potentials constant in first derivatives only: a second "
+    "derivative (ot.hvp/ot.hessian, jax.hessian, torch double backward, torch.func.hessian) "
+    "reaches them through their implicit rule"
 )
 _MANUAL_SECOND_ORDER_ENVELOPE = yes(
     "the analytic rule differentiates the potentials implicitly (as use_danskin=False)"

@@ -166,15 +166,6 @@ def _single_argnum(argnums, args):
     return argnums
 
 
-def _second_order_kwargs(fun, call, kwargs):
-    """A cost in envelope mode holds the potentials constant: its derivative would miss
-    their response, so second derivatives of an entry point differentiate them implicitly
-    (``use_danskin=False``), as the manual rules do (see the capability table)."""
-    if call is not None and _capabilities.table(fun).mode(call.arguments) == "envelope":
-        return {**kwargs, "use_danskin": False}
-    return kwargs
-
-
 def hvp(fun, argnums: int = 0):
     """Hessian-vector products of scalar ``fun`` w.r.t. positional argument ``argnums``.
 
@@ -197,7 +188,7 @@ def hvp(fun, argnums: int = 0):
         adapter = adapter_for(*_arrays(args))
         call = _checked_call(fun, args, kwargs, adapter, 2, "hvp")
         if adapter.has_autodiff:
-            return adapter.hvp(fun, k, args, _second_order_kwargs(fun, call, kwargs))
+            return adapter.hvp(fun, k, args, kwargs)
         rules = manual_rules()
         return _manual_rule(rules.hvp, rules, fun, adapter, "second-order")(call, k)[1]
 
@@ -224,7 +215,7 @@ def hessian(fun, argnums: int = 0):
         adapter = adapter_for(*_arrays(args))
         call = _checked_call(fun, args, kwargs, adapter, 2, "hessian")
         if adapter.has_autodiff:
-            return adapter.hessian(fun, k, args, _second_order_kwargs(fun, call, kwargs))
+            return adapter.hessian(fun, k, args, kwargs)
         rules = manual_rules()
         product = _manual_rule(rules.hvp, rules, fun, adapter, "second-order")(call, k)[1]
         xp = adapter.xp

@@ -175,12 +175,28 @@ class DenseOperators(GeometryOperators):
         """``P^T vec`` (``axis=0``, vec ``(..., n)``) or ``P vec`` (``axis=1``, vec ``(..., m)``)."""
         return self._concat([self._matvec(p, vec, axis) for p, _ in self.plan_blocks(fe, ge, axis)])
 
+    def _dense_plan(self, fe, ge):
+        """``P`` of a dense geometry, formed once per ``(fe, ge)`` pair (the implicit
+        system asks for its marginals and then for its products at the same potentials)."""
+        last = getattr(self, "_last_plan", None)
+        if last is None or last[0] is not fe or last[1] is not ge:
+            last = (fe, ge, self.plan(fe, ge))
+            self._last_plan = last
+        return last[2]
+
     def plan_operator(self, fe, ge):
         """``(v -> P v, u -> Pᵀ u)``; a dense geometry forms ``P`` once, online ones never."""
         if not self.geom.is_online:
-            p = self.plan(fe, ge)
+            p = self._dense_plan(fe, ge)
             return (lambda v: self._matvec(p, v, 1)), (lambda u: self._matvec(p, u, 0))
         return (lambda v: self.plan_apply(fe, ge, v, 1)), (lambda u: self.plan_apply(fe, ge, u, 0))
+
+    def marginals(self, fe, ge):
+        """``(P 1, Pᵀ 1)``: sums of the plan (formed once) when dense; log-sum-exps online."""
+        if self.geom.is_online:
+            return super().marginals(fe, ge)
+        p = self._dense_plan(fe, ge)
+        return self.xp.sum(p, axis=-1), self.xp.sum(p, axis=-2)
 
     def plan_dot_cost(self, fe, ge):
         """``sum_ij P_ij C_ij`` without holding ``P`` (in online mode)."""

@@ -328,8 +328,10 @@ def test_bad_batch_size(arrays):
 @pytest.mark.parametrize(
     ("kw", "exc", "msg"),
     [
-        (dict(threshold=-1e-3), ValueError, r"^threshold must be a number >= 0"),
-        (dict(threshold="1e-3"), ValueError, r"^threshold must be a number >= 0"),
+        (dict(threshold=-1e-3), ValueError, r"^threshold must be a finite number >= 0"),
+        (dict(threshold="1e-3"), ValueError, r"^threshold must be a finite number >= 0"),
+        (dict(threshold=float("nan")), ValueError, r"^threshold must be a finite number >= 0"),
+        (dict(threshold=float("inf")), ValueError, r"^threshold must be a finite number >= 0"),
         (dict(inner_iterations=0), ValueError, r"^inner_iterations must be an integer >= 1"),
         (dict(inner_iterations=2.5), ValueError, r"^inner_iterations must be an integer >= 1"),
         (dict(max_iterations=0), ValueError, r"^max_iterations must be an integer >= 1"),

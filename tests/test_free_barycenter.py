@@ -379,7 +379,7 @@ def test_errors():
         free_barycenter(ys, x_init=np.ones((4, 3)), epsilon=0.5)
     with pytest.raises(ValueError, match=r"x_init must have shape \(n_points, d\) = \(5, 2\)"):
         free_barycenter(ys, n_points=5, x_init=np.ones((4, 2)), epsilon=0.5)
-    with pytest.raises(ValueError, match="threshold must be a number >= 0"):
+    with pytest.raises(ValueError, match="threshold must be a finite number >= 0"):
         free_barycenter(ys, threshold=-1.0, **kw)
     with pytest.raises(ValueError, match="max_iterations must be an integer >= 1"):
         free_barycenter(ys, max_iterations=0, **kw)

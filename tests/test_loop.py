@@ -208,7 +208,7 @@ def test_errors():
         fixed_point_loop(
             adapter_for(THETA), None, None, {"k": THETA}, Stopping(1e-3, max_iterations=5)
         )
-    with pytest.raises(ValueError, match="threshold must be a number >= 0"):
+    with pytest.raises(ValueError, match="threshold must be a finite number >= 0"):
         Stopping(-1.0, max_iterations=5)
     with pytest.raises(ValueError, match="inner_iterations"):
         Stopping(1e-3, inner_iterations=0, max_iterations=5)

@@ -7,6 +7,7 @@ inspected without breaking the trace.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from otcore._lib import xp as _xp
@@ -108,8 +109,12 @@ def check_positive_int(name: str, value, minimum: int = 1):
 
 def check_stopping(threshold, inner_iterations, min_iterations, max_iterations):
     """Validate a loop's stopping options; return them as ``(float, int, int, int)``."""
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold < 0:
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not 0 <= threshold < math.inf
+    ):
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     inner = check_positive_int("inner_iterations", inner_iterations)
     lo = check_positive_int("min_iterations", min_iterations, 0)
     hi = check_positive_int("max_iterations", max_iterations)

@@ -20,7 +20,6 @@ None``). NumPy has no autodiff and no manual rule exists: ``otcore.vjp`` raises.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -180,8 +179,6 @@ def free_barycenter(
 
 # -- validation ------------------------------------------------------------------------
 def _options(threshold, max_iterations, sinkhorn_kwargs):
-    if isinstance(threshold, numbers.Real) and not math.isfinite(threshold):
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
     stopping = Stopping(threshold, max_iterations=max_iterations)
     if sinkhorn_kwargs is None:
         sinkhorn_kwargs = {}

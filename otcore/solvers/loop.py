@@ -67,7 +67,7 @@ class Stopping:
         >>> Stopping(-1.0, max_iterations=5)
         Traceback (most recent call last):
         ...
-        ValueError: threshold must be a number >= 0, got -1.0
+        ValueError: threshold must be a finite number >= 0, got -1.0
     """
 
     def __init__(self, threshold, inner_iterations=1, min_iterations=0, max_iterations=1000):

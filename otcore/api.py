@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from otcore._lib import keywords as _keywords
 from otcore.geometry.base import Geometry
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
@@ -48,6 +49,7 @@ def solve(
         array([[0.5, 0. ],
                [0. , 0.5]])
     """
+    _keywords.check_forwarded("solve", solve, sinkhorn_kwargs, Sinkhorn)
     if not isinstance(geom, Geometry):
         geom = Geometry(
             geom, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost
@@ -93,6 +95,7 @@ def reg_ot_cost(
         >>> float(ot.reg_ot_cost(x, x + 1.0, epsilon=0.5)) > 1.0
         True
     """
+    _keywords.check_forwarded("reg_ot_cost", reg_ot_cost, sinkhorn_kwargs, Sinkhorn)
     out = _point_cloud_output(
         x,
         y,
@@ -164,6 +167,7 @@ def reg_ot_cost_matrix(
         array([[0.5, 0. ],
                [0. , 0.5]])
     """
+    _keywords.check_forwarded("reg_ot_cost_matrix", reg_ot_cost_matrix, sinkhorn_kwargs, Sinkhorn)
     out = _cost_matrix_output(
         cost_matrix,
         a,

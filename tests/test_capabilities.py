@@ -151,15 +151,14 @@ def test_unknown_keywords_are_refused_by_name(backend):
     be = make_backend(backend)
     args, _ = example_call(ot.reg_ot_cost, "envelope", to_xp=be.to_xp)
     with pytest.raises(
-        TypeError, match=r"reg_ot_cost\(\) got unexpected keyword arguments \['thresold'\]"
+        TypeError,
+        match=r"reg_ot_cost\(\) got an unexpected keyword argument 'thresold'; did you mean 'threshold'",
     ):
         ot.grad(ot.reg_ot_cost)(*args, thresold=1e-3)
-    with pytest.raises(TypeError, match=r"\['epsilom'\]"):
+    with pytest.raises(TypeError, match=r"'epsilom'; did you mean 'epsilon'"):
         ot.hvp(ot.reg_ot_cost)(*args, epsilom=0.1)
     bargs, _ = example_call(ot.barycenter, "unrolled", to_xp=be.to_xp)
-    with pytest.raises(
-        TypeError, match=r"barycenter\(\) got unexpected keyword arguments \['foo'\]"
-    ):
+    with pytest.raises(TypeError, match=r"barycenter\(\) got an unexpected keyword argument 'foo'"):
         ot.vjp(ot.barycenter, *bargs, foo=1)
     with pytest.raises(TypeError, match=r"reg_ot_cost_matrix\(\): too many positional"):
         ot.grad(ot.reg_ot_cost_matrix)(args[0], args[2], args[3], args[3])

@@ -112,7 +112,11 @@ def check_simplex(adapter, name: str, w, tol: float):
 
 
 def check_same_device(names, arrays):
-    """Raise ``ValueError`` if the (non-``None``) arrays live on different devices."""
+    """Raise ``ValueError`` if the (non-``None``) arrays live on different devices (or
+    one is on PyTorch's ``meta`` device, see :func:`check_has_data`)."""
+    for n, a in zip(names, arrays):
+        if a is not None:
+            check_has_data(n, a)
     seen = [(n, _xp.device_of(a)) for n, a in zip(names, arrays) if a is not None]
     seen = [(n, d) for n, d in seen if d is not None]  # traced arrays report no device
     devices = {str(d) for _, d in seen}

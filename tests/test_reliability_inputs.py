@@ -38,7 +38,7 @@ def _histograms():
 
 
 def _empty_cases(xp):
-    x, y, a, b, C = (xp.to_xp(v) for v in _data())
+    x, y, _a, _b, C = (xp.to_xp(v) for v in _data())
     z = xp.to_xp(np.zeros((0, D)))
     A, Cb = (xp.to_xp(v) for v in _histograms())
     return [
@@ -179,7 +179,7 @@ def test_case_05b_meta_tensors_are_refused_naming_argument_and_device():
 
 
 def _keyword_entry_points(xp):
-    x, y, a, b, C = (xp.to_xp(v) for v in _data())
+    x, y, _a, _b, C = (xp.to_xp(v) for v in _data())
     A, Cb = (xp.to_xp(v) for v in _histograms())
     Cxx = ot.PointCloud(x).cost_matrix
     Cyy = ot.PointCloud(y).cost_matrix
@@ -264,7 +264,7 @@ def test_case_13_divergence_options_are_passed_explicitly():
 
 
 def test_case_14a_nan_threshold_is_refused_by_every_entry_point():
-    x, y, a, b, C = _data()
+    x, y, _a, _b, C = _data()
     A, Cb = _histograms()
     Cxx, Cyy = ot.PointCloud(x).cost_matrix, ot.PointCloud(y).cost_matrix
     calls = {
@@ -283,7 +283,7 @@ def test_case_14a_nan_threshold_is_refused_by_every_entry_point():
         ),
         "grad": lambda t: ot.grad(ot.reg_ot_cost)(x, y, epsilon=EPS, threshold=t),
     }
-    for name, call in calls.items():
+    for _name, call in calls.items():
         for bad in (float("nan"), np.float64("nan"), float("inf"), -1e-3):
             with pytest.raises(ValueError, match=r"threshold must be a finite number >= 0, got"):
                 call(bad)
@@ -303,7 +303,7 @@ def test_case_14b_half_precision_is_refused(backend, dtype_name):
     xp = make_backend(backend)
     ns = xp.adapter.xp
     half = getattr(ns, dtype_name)
-    x, y, a, b, C = (ns.astype(xp.to_xp(v), half) for v in _data())
+    x, y, a, _b, C = (ns.astype(xp.to_xp(v), half) for v in _data())
     A, Cb = (ns.astype(xp.to_xp(v), half) for v in _histograms())
     x64 = xp.to_xp(_data()[0])
     msg = rf"has dtype {'torch.' if backend == 'torch' else ''}{dtype_name}, which otcore does "
@@ -326,7 +326,7 @@ def test_case_14b_half_precision_is_refused(backend, dtype_name):
 
 
 def _batched_output(xp):
-    x, y, a, b, _ = _data()
+    x, y, _a, _b, _ = _data()
     xs = np.stack([x, x + 0.5, 2.0 * x])  # (3, n, d)
     out = ot.solve(ot.PointCloud(xp.to_xp(xs), xp.to_xp(y), epsilon=EPS), threshold=1e-10)
     return out, xs

@@ -36,7 +36,9 @@ def solve(
         a, b: weights ``(..., n)`` and ``(..., m)``; ``None`` for uniform.
         tau_a, tau_b: marginal relaxation in ``(0, 1]`` (1 = balanced).
         init: optional warm start ``(f, g)``.
-        **sinkhorn_kwargs: options of :class:`~otcore.Sinkhorn`.
+        **sinkhorn_kwargs: options of :class:`~otcore.Sinkhorn`. An unknown keyword
+            raises ``TypeError`` naming this function and the closest valid keyword
+            (``reg=``, ``eps=``, ``blur=`` suggest ``epsilon``).
 
     Returns:
         :class:`~otcore.SinkhornOutput`.
@@ -83,6 +85,11 @@ def reg_ot_cost(
     Returns ``SinkhornOutput.reg_ot_cost``: an array of shape ``(...)`` (a scalar for one
     problem) of the inputs' type, dtype and device. Differentiable with the user's own
     framework (``jax.grad``, ``torch.autograd``); ``jax.jit`` and ``jax.vmap`` work.
+
+    Other keywords are options of :class:`~otcore.Sinkhorn`; an unknown one raises
+    ``TypeError`` naming ``reg_ot_cost`` and the closest valid keyword. Empty clouds,
+    float16/bfloat16 arrays and PyTorch ``meta`` tensors are refused up front (see
+    ``docs/backends.md``).
 
     On eager backends a solve whose iterates became non-finite raises
     :class:`~otcore.NonFiniteIterationError`, and one that hit ``max_iterations`` warns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from otcore._lib import keywords as _keywords
 from otcore.geometry.base import Geometry
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
@@ -35,7 +36,9 @@ def solve(
         a, b: weights ``(..., n)`` and ``(..., m)``; ``None`` for uniform.
         tau_a, tau_b: marginal relaxation in ``(0, 1]`` (1 = balanced).
         init: optional warm start ``(f, g)``.
-        **sinkhorn_kwargs: options of :class:`~otcore.Sinkhorn`.
+        **sinkhorn_kwargs: options of :class:`~otcore.Sinkhorn`. An unknown keyword
+            raises ``TypeError`` naming this function and the closest valid keyword
+            (``reg=``, ``eps=``, ``blur=`` suggest ``epsilon``).
 
     Returns:
         :class:`~otcore.SinkhornOutput`.
@@ -48,6 +51,7 @@ def solve(
         array([[0.5, 0. ],
                [0. , 0.5]])
     """
+    _keywords.check_forwarded("solve", solve, sinkhorn_kwargs, Sinkhorn)
     if not isinstance(geom, Geometry):
         geom = Geometry(
             geom, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost
@@ -82,6 +86,11 @@ def reg_ot_cost(
     problem) of the inputs' type, dtype and device. Differentiable with the user's own
     framework (``jax.grad``, ``torch.autograd``); ``jax.jit`` and ``jax.vmap`` work.
 
+    Other keywords are options of :class:`~otcore.Sinkhorn`; an unknown one raises
+    ``TypeError`` naming ``reg_ot_cost`` and the closest valid keyword. Empty clouds,
+    float16/bfloat16 arrays and PyTorch ``meta`` tensors are refused up front (see
+    ``docs/backends.md``).
+
     On eager backends a solve whose iterates became non-finite raises
     :class:`~otcore.NonFiniteIterationError`, and one that hit ``max_iterations`` warns
     with :class:`~otcore.ConvergenceWarning`. (Under ``jax.jit`` nothing can be raised:
@@ -93,6 +102,7 @@ def reg_ot_cost(
         >>> float(ot.reg_ot_cost(x, x + 1.0, epsilon=0.5)) > 1.0
         True
     """
+    _keywords.check_forwarded("reg_ot_cost", reg_ot_cost, sinkhorn_kwargs, Sinkhorn)
     out = _point_cloud_output(
         x,
         y,
@@ -164,6 +174,7 @@ def reg_ot_cost_matrix(
         array([[0.5, 0. ],
                [0. , 0.5]])
     """
+    _keywords.check_forwarded("reg_ot_cost_matrix", reg_ot_cost_matrix, sinkhorn_kwargs, Sinkhorn)
     out = _cost_matrix_output(
         cost_matrix,
         a,

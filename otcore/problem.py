@@ -25,7 +25,10 @@ class LinearProblem:
         a: weights of the rows, ``(..., n)``, non-negative; ``None`` for uniform ``1/n``.
             Leading axes batch many problems over one geometry.
         b: weights of the columns, ``(..., m)``; ``None`` for uniform ``1/m``.
-        tau_a, tau_b: in ``(0, 1]``; ``1`` constrains that marginal exactly.
+        tau_a, tau_b: in ``(0, 1]``; ``1`` constrains that marginal exactly. A tau so
+            small that ``ρ = ε τ / (1 - τ)`` falls below the dtype's smallest normal
+            number, or that ``ε / ρ`` overflows, is refused with a ``ValueError`` (the
+            ε part is checked when ε is concrete, i.e. not under ``jax.jit``).
 
     Example:
         >>> import numpy as np
@@ -73,6 +76,9 @@ class LinearProblem:
             ) from None
         self.tau_a = _checks.check_tau("tau_a", tau_a)
         self.tau_b = _checks.check_tau("tau_b", tau_b)
+        for name, tau in (("tau_a", self.tau_a), ("tau_b", self.tau_b)):
+            if tau < 1.0:
+                _check_rho(geom, name, tau)
 
     def _replace(self, geom, a, b):
         """A copy on other arrays of the same shapes (no validation: used inside traces)."""
@@ -117,6 +123,33 @@ class LinearProblem:
         return (
             f"LinearProblem(shape={self.geom.shape}, batch_shape={self.batch_shape}, "
             f"tau_a={self.tau_a}, tau_b={self.tau_b})"
+        )
+
+
+def _check_rho(geom, name, tau):
+    """Refuse a ``tau`` whose ``ρ = ε τ/(1-τ)`` underflows or whose ``ε/ρ`` overflows in
+    the geometry's dtype (the implicit system divides by ``ρ``)."""
+    xp = geom.xp
+    finfo = xp.finfo(geom.dtype)
+    tiny, big = float(finfo.smallest_normal), float(finfo.max)
+    ratio = tau / (1.0 - tau)
+    if ratio * big < 1.0:
+        raise ValueError(
+            f"{name}={tau!r} is too small for {geom.dtype}: epsilon/rho = (1 - tau)/tau "
+            f"overflows; use {name} >= {2.0 / big:.3g}"
+        )
+    eps = geom.epsilon
+    if isinstance(eps, float):
+        too_small = eps * ratio < tiny
+    else:
+        too_small = _checks.fails(geom.adapter, eps * ratio >= tiny)
+    if too_small:
+        shown = f"epsilon={eps:.3g}" if isinstance(eps, float) else "the given epsilon"
+        bound = f" >= {2.0 * tiny / eps:.3g}" if isinstance(eps, float) else ""
+        raise ValueError(
+            f"{name}={tau!r} is too small for {shown} in {geom.dtype}: rho = epsilon * "
+            f"tau/(1 - tau) underflows (below {tiny:.3g}, the smallest normal number); "
+            f"use a larger {name}{bound}"
         )
 
 

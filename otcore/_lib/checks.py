@@ -14,7 +14,22 @@ from otcore._lib import xp as _xp
 
 
 def check_float_array(xp, name: str, x, min_ndim: int = 1):
-    """Raise ``TypeError`` unless ``x`` is a floating array with at least ``min_ndim`` axes."""
+    """Check that ``x`` is a usable input array.
+
+    Raises ``TypeError`` unless ``x`` is an array of dtype float32 or float64 (float16 and
+    bfloat16 are refused: the solvers' tolerances and underflow guards assume at least
+    float32); ``ValueError`` if it has fewer than ``min_ndim`` axes, an axis of length 0
+    (an empty point cloud, cost matrix or weight vector, or zero features), or lives on
+    PyTorch's ``meta`` device (no values to compute with). All of these are checked from
+    shapes and dtypes only, so they also hold under ``jax.jit``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_float_array(np, "y", np.zeros((0, 2)), min_ndim=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: y must not be empty: got shape (0, 2), with an axis of length 0
+    """
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}")
     if not _xp.is_floating(xp, x):
@@ -22,8 +37,31 @@ def check_float_array(xp, name: str, x, min_ndim: int = 1):
             f"{name} must have a real floating dtype (float32/float64), got {x.dtype}; "
             f"convert it, e.g. with {name}.astype(float)"
         )
+    if xp.finfo(x.dtype).bits < 32:
+        raise TypeError(
+            f"{name} has dtype {x.dtype}, which otcore does not support (its tolerances "
+            f"and underflow guards assume float32 or float64); convert {name} to float32"
+        )
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
+    shape = tuple(x.shape)
+    if any(s == 0 for s in shape):
+        raise ValueError(f"{name} must not be empty: got shape {shape}, with an axis of length 0")
+    check_has_data(name, x)
+
+
+def check_has_data(name: str, x):
+    """Raise ``ValueError`` if ``x`` is a tensor on PyTorch's ``meta`` device.
+
+    Meta tensors carry shapes and dtypes but no values: a Sinkhorn loop has to look at
+    its iterates (to stop), so otcore refuses them rather than failing inside.
+    """
+    dev = _xp.device_of(x) if hasattr(x, "device") else None
+    if getattr(dev, "type", None) == "meta":
+        raise ValueError(
+            f"{name} is on the 'meta' device, which holds shapes but no values: otcore "
+            f"must compute with the values; create {name} on 'cpu' or 'cuda'"
+        )
 
 
 def fails(adapter, condition) -> bool:
@@ -74,7 +112,11 @@ def check_simplex(adapter, name: str, w, tol: float):
 
 
 def check_same_device(names, arrays):
-    """Raise ``ValueError`` if the (non-``None``) arrays live on different devices."""
+    """Raise ``ValueError`` if the (non-``None``) arrays live on different devices (or
+    one is on PyTorch's ``meta`` device, see :func:`check_has_data`)."""
+    for n, a in zip(names, arrays):
+        if a is not None:
+            check_has_data(n, a)
     seen = [(n, _xp.device_of(a)) for n, a in zip(names, arrays) if a is not None]
     seen = [(n, d) for n, d in seen if d is not None]  # traced arrays report no device
     devices = {str(d) for _, d in seen}

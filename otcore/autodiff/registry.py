@@ -26,7 +26,7 @@ Example:
     >>> Call(ot.reg_ot_cost, (np.zeros((3, 2)),), {"epsilom": 0.5})
     Traceback (most recent call last):
     ...
-    TypeError: reg_ot_cost() got unexpected keyword arguments ['epsilom'] (neither its own options nor Sinkhorn's)
+    TypeError: reg_ot_cost() got an unexpected keyword argument 'epsilom'; did you mean 'epsilon'?
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 
+from otcore._lib import keywords as _keywords
 from otcore.api import reg_ot_cost, reg_ot_cost_matrix, solve
 from otcore.autodiff import barycenter_rules, divergence_rules, reg_ot_cost_rules
 from otcore.solvers.divergence import sinkhorn_divergence, sinkhorn_divergence_costs
@@ -96,8 +97,8 @@ class Call:
         if var_kw is not None and target is not None:
             unknown = set(kwargs) - known - _keyword_names(_signature(target))
         if unknown:
-            extra = f" (neither its own options nor {target.__name__}'s)" if target else ""
-            raise TypeError(f"{name}() got unexpected keyword arguments {sorted(unknown)}{extra}")
+            accepted = known | (_keyword_names(_signature(target)) if target else set())
+            _keywords.check_keywords(name, sorted(unknown), sorted(accepted))
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as err:

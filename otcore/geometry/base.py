@@ -86,9 +86,19 @@ class Geometry:
         self._cache = {}
 
     def _cached(self, key, compute):
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        value = compute()
+        # a value computed inside a trace from concrete arrays (a jitted function closing
+        # over this geometry) is a tracer: caching it would leak it out of the trace
+        ad = self._adapter
+        if not (
+            all(ad.is_concrete(v) for v in self.data_arrays())
+            and hasattr(value, "shape")
+            and not ad.is_concrete(value)
+        ):
+            self._cache[key] = value
+        return value
 
     # -- basic properties -------------------------------------------------------
     @property

@@ -24,6 +24,7 @@ adjoint.
 from __future__ import annotations
 
 from otcore._lib import checks as _checks
+from otcore._lib import keywords as _keywords
 from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.geometry.base import Geometry
@@ -82,6 +83,7 @@ class BarycenterOutput(_pytree.AttributeNode):
         return f"BarycenterOutput(shape={tuple(self.histogram.shape)}, n_iters={self.n_iters})"
 
 
+@_keywords.suggest_keywords("barycenter")
 def barycenter(
     A,
     C_or_geometry,

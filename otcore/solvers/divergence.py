@@ -13,6 +13,7 @@ iterations than the ``x``-``y`` problem.
 from __future__ import annotations
 
 from otcore._lib import checks as _checks
+from otcore._lib import keywords as _keywords
 from otcore._lib import pytree as _pytree
 from otcore.geometry.base import Geometry
 from otcore.geometry.pointcloud import PointCloud
@@ -118,6 +119,7 @@ def sinkhorn_divergence(
         >>> float(ot.sinkhorn_divergence(x, y, epsilon=0.1)) > 0.5
         True
     """
+    _keywords.check_forwarded("sinkhorn_divergence", sinkhorn_divergence, solve_kwargs, Sinkhorn)
     geom_xy = PointCloud(
         x,
         y,
@@ -138,7 +140,13 @@ def sinkhorn_divergence(
         lambda: self_geometry(y),
         a,
         b,
-        **_options(locals()),
+        tau_a=tau_a,
+        tau_b=tau_b,
+        static_b=static_b,
+        offset_static_b=offset_static_b,
+        symmetric_sinkhorn=symmetric_sinkhorn,
+        return_output=return_output,
+        solve_kwargs=solve_kwargs,
     )
 
 
@@ -176,6 +184,9 @@ def sinkhorn_divergence_costs(
         >>> float(ot.sinkhorn_divergence_costs(C, C, C, epsilon=0.1))
         0.0
     """
+    _keywords.check_forwarded(
+        "sinkhorn_divergence_costs", sinkhorn_divergence_costs, solve_kwargs, Sinkhorn
+    )
     weights = a if a is not None else b
     geom_xy = _as_geometry(cost_xy, epsilon, relative_epsilon, scale_cost, weights)
 
@@ -191,7 +202,13 @@ def sinkhorn_divergence_costs(
         lambda: self_geometry(cost_yy),
         a,
         b,
-        **_options(locals()),
+        tau_a=tau_a,
+        tau_b=tau_b,
+        static_b=static_b,
+        offset_static_b=offset_static_b,
+        symmetric_sinkhorn=symmetric_sinkhorn,
+        return_output=return_output,
+        solve_kwargs=solve_kwargs,
     )
 
 
@@ -200,22 +217,6 @@ def _as_geometry(c, epsilon, relative_epsilon, scale_cost, weights=None):
         # a Grid made from a shape takes the weights' namespace, dtype and device
         return c if weights is None else c.bind_to(weights)
     return Geometry(c, epsilon=epsilon, relative_epsilon=relative_epsilon, scale_cost=scale_cost)
-
-
-_OPTIONS = (
-    "tau_a",
-    "tau_b",
-    "static_b",
-    "offset_static_b",
-    "symmetric_sinkhorn",
-    "return_output",
-    "solve_kwargs",
-)
-
-
-def _options(scope):
-    """The options shared by the public divergence functions, from their arguments."""
-    return {k: scope[k] for k in _OPTIONS}
 
 
 def _divergence(

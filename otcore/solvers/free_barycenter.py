@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from otcore._lib import checks as _checks
+from otcore._lib import keywords as _keywords
 from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
@@ -101,6 +102,7 @@ class FreeBarycenterOutput(_pytree.AttributeNode):
         return f"FreeBarycenterOutput(shape={tuple(self.points.shape)}, n_iters={self.n_iters})"
 
 
+@_keywords.suggest_keywords("free_barycenter")
 def free_barycenter(
     ys,
     bs=None,
@@ -187,6 +189,13 @@ def _options(threshold, max_iterations, sinkhorn_kwargs):
             f"sinkhorn_kwargs must be a dict of Sinkhorn options, got "
             f"{type(sinkhorn_kwargs).__name__}"
         )
+    _keywords.check_keywords(
+        "free_barycenter",
+        sinkhorn_kwargs,
+        _keywords.accepted_keywords(Sinkhorn),
+        in_what=" in sinkhorn_kwargs (options of ot.Sinkhorn)",
+        outer=_keywords.accepted_keywords(free_barycenter),
+    )
     kwargs = {**_INNER_DEFAULTS, **sinkhorn_kwargs}
     try:
         solver = Sinkhorn(**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+from otcore._lib import checks as _checks
 from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.errors import ConvergenceWarning, NonFiniteIterationError
@@ -83,10 +84,14 @@ class SinkhornOutput:
         return self.prob.geom.xp
 
     def _get(self, key, compute):
-        if key not in self._cache:
-            with self.geom.adapter.full_precision():
-                self._cache[key] = compute()
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        ad = self.geom.adapter
+        with ad.full_precision():
+            value = compute()
+        if not _computed_in_a_trace(ad, (self.f,), value):
+            self._cache[key] = value
+        return value
 
     @property
     def _ops(self):
@@ -126,18 +131,42 @@ class SinkhornOutput:
             >>> out = ot.solve(ot.PointCloud(x, x[:3]), threshold=1e-8)
             >>> out.apply(np.ones(5), axis=0).round(4)  # column marginal = b
             array([0.3333, 0.3333, 0.3333])
+
+        Raises:
+            TypeError: ``vec`` is not an array of the problem's library, or its dtype is
+                not the problem's floating dtype.
+            ValueError: wrong length on the last axis, batch axes that do not broadcast
+                with the problem's, another device, or NaN/inf entries (checked eagerly).
         """
         if axis not in (0, 1):
             raise ValueError(f"axis must be 0 (apply Pᵀ to vectors of length n) or 1, got {axis!r}")
-        n, m = self.geom.shape
-        size = n if axis == 0 else m
-        if not hasattr(vec, "shape") or vec.ndim < 1 or vec.shape[-1] != size:
-            raise ValueError(
-                f"vec must have length {size} on its last axis for axis={axis}, "
-                f"got {getattr(vec, 'shape', type(vec).__name__)}"
-            )
+        self._check_vector(vec, axis)
         with self.geom.adapter.full_precision():
             return self._ops.plan_apply(*self._scaled, vec, axis)
+
+    def _check_vector(self, vec, axis):
+        ref = self.prob.a
+        names = ["the problem's arrays", "vec"]
+        _xp.namespace(ref, vec, names=names)
+        n, m = self.geom.shape
+        size = n if axis == 0 else m
+        if vec.ndim < 1 or vec.shape[-1] != size:
+            raise ValueError(
+                f"vec must have length {size} on its last axis for axis={axis}, got {vec.shape}"
+            )
+        _checks.check_float_array(self.xp, "vec", vec)
+        _checks.check_same_dtype(names, [ref, vec])
+        _checks.check_same_device(names, [ref, vec])
+        batch = self.prob.batch_shape
+        try:
+            if batch is not None:  # None: rebuilt from placeholders (see LinearProblem)
+                _xp.broadcast_shapes(tuple(vec.shape[:-1]), batch)
+        except ValueError:
+            raise ValueError(
+                f"the batch axes of vec {tuple(vec.shape[:-1])} do not broadcast with the "
+                f"problem's batch shape {batch}"
+            ) from None
+        _checks.check_finite(self.geom.adapter, "vec", vec)
 
     def marginal(self, axis: int):
         """``Pᵀ1`` (``axis=0``, length m) or ``P1`` (``axis=1``, length n)."""
@@ -236,6 +265,21 @@ class SinkhornOutput:
 
     def __repr__(self):
         return f"SinkhornOutput(shape={self.geom.shape}, batch_shape={self.prob.batch_shape})"
+
+
+def _computed_in_a_trace(adapter, own, value) -> bool:
+    """True when ``value`` holds tracers although the ``own`` arrays are concrete: it was
+    computed inside a trace (a jitted function that closes over the object), and caching
+    it would leak the tracer out of that trace."""
+    if not all(adapter.is_concrete(v) for v in own):
+        return False
+    if isinstance(value, tuple):
+        leaves = value
+    elif hasattr(value, "shape"):
+        leaves = (value,)
+    else:  # operators: their precomputed arrays
+        leaves = tuple(vars(value).values()) if hasattr(value, "__dict__") else ()
+    return not all(adapter.is_concrete(v) for v in leaves if hasattr(v, "shape"))
 
 
 def report(out: SinkhornOutput) -> None:

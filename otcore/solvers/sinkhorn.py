@@ -22,6 +22,7 @@ import math
 import numbers
 
 from otcore._lib import checks as _checks
+from otcore._lib import keywords as _keywords
 from otcore._lib import xp as _xp
 from otcore.geometry.epsilon import EpsilonSchedule
 from otcore.implicit.system import ImplicitDiff, ImplicitSystem, marginal_target
@@ -76,6 +77,7 @@ class Sinkhorn:
         (True, (8,))
     """
 
+    @_keywords.suggest_keywords("Sinkhorn")
     def __init__(
         self,
         lse_mode: bool = True,

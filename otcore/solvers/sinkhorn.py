@@ -482,8 +482,7 @@ class _Iteration:
             target_a = marginal_target(xp, self.a, f, e1, rho_a)
             target_b = marginal_target(xp, self.b, g, e1, rho_b)
             err = (
-                self._norm(row - target_a) / self.mass_a
-                + self._norm(col - target_b) / self.mass_b
+                self._norm(row - target_a) / self.mass_a + self._norm(col - target_b) / self.mass_b
             )
         return xp.where(self._valid(x, y), err, math.nan)
 

@@ -252,6 +252,9 @@ def test_case_14a_balanced_unequal_masses_raise_up_front(xp):
     assert bool(out.converged)
     out = ot.solve(ot.PointCloud(x, y, epsilon=0.1), a, b / 2.0)
     assert bool(out.converged)
+    # a fixed number of steps (min_iterations = max_iterations) is a map of any weights
+    out = ot.solve(ot.PointCloud(x, y, epsilon=0.1), a, b, min_iterations=20, max_iterations=20)
+    assert int(out.n_iters) == 20 and not bool(out.converged)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

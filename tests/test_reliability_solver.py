@@ -143,6 +143,7 @@ def test_case_04_float32_far_clouds_unequal_masses_are_flagged():
         ot.reg_ot_cost(x, y, a, b, epsilon=1.5e-4)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("name", EAGER)
 def test_case_04_report_raises_on_a_non_finite_cost_with_finite_iterates(name):
     xp = make_backend(name)

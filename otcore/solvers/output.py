@@ -23,11 +23,13 @@ class SinkhornOutput:
 
     Attributes:
         f, g: dual potentials, in cost units.
-        errors: marginal error after each block of ``inner_iterations`` steps,
-            ``(..., n_blocks)``, ``-1`` for blocks not run.
+        errors: marginal error (relative to the weights' mass) after each block of
+            ``inner_iterations`` steps, ``(..., n_blocks)``, ``-1`` for blocks not run.
         n_iters: number of iterations run (a multiple of ``inner_iterations``).
         converged: boolean array ``(...)``: the final error is below ``threshold``.
-        diverged: boolean scalar: the iterates became non-finite and the loop stopped.
+        diverged: boolean scalar: the iterates became non-finite (a potential, or a
+            kernel-mode scaling that is 0, where the weight is positive; non-finite
+            weights or total mass; an overflowing plan) and the loop stopped.
     """
 
     def __init__(self, f, g, prob, errors, n_iters, converged, diverged, solver):

@@ -11,9 +11,12 @@ balanced Sinkhorn steps. Kernel mode runs the same updates on ``u = exp(f/ε)``,
 ``v = exp(g/ε)``: ``v <- b / (Kᵀu)^τ_b``, ``u <- a / (Kv)^τ_a``.
 
 The loop is :func:`otcore.solvers.loop.fixed_point_loop`: every ``inner_iterations``
-steps the marginal error is computed (the only host sync on eager backends); the loop
-stops when it is below ``threshold`` for every problem of the batch, at
-``max_iterations``, or when it is not finite (reported as ``diverged``).
+steps the marginal error, relative to the weights' total mass, is computed (the only host
+sync on eager backends); the loop stops when it is below ``threshold`` for every problem
+of the batch, at ``max_iterations``, or when it is not finite (reported as ``diverged``:
+also when a potential is not finite, or a kernel-mode scaling is 0, where its weight is
+positive, when a weight or the product of the total masses is not finite, or when the
+final plan's row marginal overflows).
 """
 
 from __future__ import annotations
@@ -40,8 +43,18 @@ class Sinkhorn:
     Args:
         lse_mode: log-domain updates on potentials (stable for any ε) if True; scaling
             (kernel) updates on ``exp(f/ε)``, ``exp(g/ε)`` if False (faster per iteration,
-            but underflows for small ε, which is reported as ``diverged``).
-        threshold: stop when the marginal error is below this.
+            but underflows for small ε or tiny weights: a scaling that becomes 0 or
+            infinite where its weight is positive is reported as ``diverged``).
+        threshold: stop when the marginal error, relative to the mass, is at most this:
+            ``‖Pᵀ1 - b‖_p / Σb`` (balanced, sequential updates), or
+            ``‖P1 - γ_a‖_p / Σa + ‖Pᵀ1 - γ_b‖_p / Σb`` (unbalanced or parallel updates;
+            ``γ`` the fixed-point marginals, see ``docs/conventions.md``). For probability
+            weights this is the absolute ℓp error; weights of any total mass converge
+            alike (float32 with mass 1e6 included). A balanced problem (``tau_a = tau_b =
+            1``) whose weights' total masses differ by more than the threshold allows
+            raises ``ValueError`` (concrete weights; the error can never fall below the
+            relative gap), unless the number of iterations is fixed
+            (``min_iterations >= max_iterations``).
         norm_error: ``p`` of the ℓp norm of the marginal error.
         inner_iterations: the error is computed every this many iterations.
         min_iterations: do not stop before this many iterations.
@@ -53,7 +66,11 @@ class Sinkhorn:
             of g then f (Gauss-Seidel). Jacobi updates need averaging to converge: with
             ``momentum=None`` they use ``momentum=0.5``.
         epsilon_schedule: ``None`` or :class:`~otcore.EpsilonSchedule` (or a tuple
-            ``(init, decay)``) annealing ε towards its target (log-domain only).
+            ``(init, decay)``) annealing ε towards its target (log-domain only). The
+            errors are those of the problem at the current ``ε_t`` (with
+            ``ρ_t = ε_t τ / (1 - τ)``), and the threshold cannot stop the loop before
+            ``ε_t`` has reached the target: a scheduled solve ends at the unscheduled
+            solution, and is not ``converged`` if ``max_iterations`` stops it earlier.
         initializer: ``"default"`` (zero potentials, ``-inf`` at zero weights) or a
             callable ``problem -> (f, g)``.
         implicit_diff: how derivatives of the potentials are computed. An

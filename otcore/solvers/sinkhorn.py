@@ -513,7 +513,7 @@ def schedule_length(schedule: EpsilonSchedule) -> int:
     if schedule.decay >= 1.0:
         return 2**62
     t = max(math.ceil(math.log(schedule.init) / -math.log(schedule.decay)) - 1, 0)
-    while schedule.factor(t) > 1.0:
+    while schedule.init * schedule.decay**t > 1.0:  # the formula, exact to rounding
         t += 1
     return t
 

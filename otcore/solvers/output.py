@@ -24,11 +24,13 @@ class SinkhornOutput:
 
     Attributes:
         f, g: dual potentials, in cost units.
-        errors: marginal error after each block of ``inner_iterations`` steps,
-            ``(..., n_blocks)``, ``-1`` for blocks not run.
+        errors: marginal error (relative to the weights' mass) after each block of
+            ``inner_iterations`` steps, ``(..., n_blocks)``, ``-1`` for blocks not run.
         n_iters: number of iterations run (a multiple of ``inner_iterations``).
         converged: boolean array ``(...)``: the final error is below ``threshold``.
-        diverged: boolean scalar: the iterates became non-finite and the loop stopped.
+        diverged: boolean scalar: the iterates became non-finite (a potential, or a
+            kernel-mode scaling that is 0, where the weight is positive; non-finite
+            weights or total mass; an overflowing plan) and the loop stopped.
     """
 
     def __init__(self, f, g, prob, errors, n_iters, converged, diverged, solver):
@@ -283,18 +285,37 @@ def _computed_in_a_trace(adapter, own, value) -> bool:
 
 
 def report(out: SinkhornOutput) -> None:
-    """Raise on non-finite iterates and warn on non-convergence (eager backends only)."""
+    """Act on a solve's flags for the scalar helpers (``ot.reg_ot_cost`` and co.).
+
+    Raises :class:`~otcore.NonFiniteIterationError` when the solve diverged, or when its
+    ``reg_ot_cost`` is not finite although the iterates are (overflow of the cost
+    itself, e.g. float32 with huge masses), naming the likely cause; warns with
+    :class:`~otcore.ConvergenceWarning` when it did not converge. Eager backends only:
+    under a trace (``jax.jit``) the flags cannot be read and nothing happens.
+
+    Example:
+        >>> import numpy as np, otcore as ot
+        >>> x = np.array([[0.0, 0.0], [0.0, 20.0]], np.float32)
+        >>> a, b = np.array([0.5, 0.5], np.float32), np.array([1.0, 1e-30], np.float32)
+        >>> out = ot.solve(ot.PointCloud(x, x, epsilon=10.0), a, b, lse_mode=False)
+        >>> bool(out.diverged)
+        True
+        >>> try:
+        ...     report(out)
+        ... except ot.NonFiniteIterationError as err:
+        ...     print(str(err)[:44])
+        the Sinkhorn iterates became NaN or infinite
+    """
     ad = out.geom.adapter
     if not ad.is_concrete(out.diverged):
         return
     if bool(out.diverged):
+        raise NonFiniteIterationError("the Sinkhorn iterates became NaN or infinite" + _hint(out))
+    cost = out.reg_ot_cost
+    if ad.is_concrete(cost) and not bool(out.xp.all(out.xp.isfinite(cost))):
         raise NonFiniteIterationError(
-            "the Sinkhorn iterates became NaN or infinite"
-            + (
-                ""
-                if out.solver.lse_mode
-                else " (kernel mode underflows at small epsilon: use lse_mode=True)"
-            )
+            "the entropic cost is not finite although the Sinkhorn iterates are: it "
+            "overflowed" + _hint(out, overflow=True)
         )
     if not bool(out.xp.all(out.converged)):
         warnings.warn(
@@ -303,3 +324,15 @@ def report(out: SinkhornOutput) -> None:
             ConvergenceWarning,
             stacklevel=3,
         )
+
+
+def _hint(out: SinkhornOutput, overflow: bool = False) -> str:
+    """The likely cause of a non-finite solve and what to try, for the error message."""
+    if not out.solver.lse_mode and not overflow:
+        return " (kernel mode underflows at small epsilon or tiny weights: use lse_mode=True)"
+    if out.f.dtype == out.xp.float32:
+        return (
+            " (float32 overflows with huge costs or masses: use float64, a larger epsilon "
+            "or scale_cost, or rescale the weights)"
+        )
+    return " (huge costs or masses: try a larger epsilon or scale_cost, or rescale the weights)"

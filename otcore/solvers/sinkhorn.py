@@ -11,9 +11,12 @@ balanced Sinkhorn steps. Kernel mode runs the same updates on ``u = exp(f/ε)``,
 ``v = exp(g/ε)``: ``v <- b / (Kᵀu)^τ_b``, ``u <- a / (Kv)^τ_a``.
 
 The loop is :func:`otcore.solvers.loop.fixed_point_loop`: every ``inner_iterations``
-steps the marginal error is computed (the only host sync on eager backends); the loop
-stops when it is below ``threshold`` for every problem of the batch, at
-``max_iterations``, or when it is not finite (reported as ``diverged``).
+steps the marginal error, relative to the weights' total mass, is computed (the only host
+sync on eager backends); the loop stops when it is below ``threshold`` for every problem
+of the batch, at ``max_iterations``, or when it is not finite (reported as ``diverged``:
+also when a potential is not finite, or a kernel-mode scaling is 0, where its weight is
+positive, when a weight or the product of the total masses is not finite, or when the
+final plan's row marginal overflows).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from otcore._lib import xp as _xp
 from otcore.geometry.epsilon import EpsilonSchedule
 from otcore.implicit.system import ImplicitDiff, ImplicitSystem, marginal_target
 from otcore.problem import LinearProblem
-from otcore.solvers.loop import fixed_point_loop, n_blocks
+from otcore.solvers.loop import Stopping, fixed_point_loop, n_blocks
 from otcore.solvers.output import SinkhornOutput
 
 __all__ = ["Sinkhorn"]
@@ -41,8 +44,18 @@ class Sinkhorn:
     Args:
         lse_mode: log-domain updates on potentials (stable for any ε) if True; scaling
             (kernel) updates on ``exp(f/ε)``, ``exp(g/ε)`` if False (faster per iteration,
-            but underflows for small ε, which is reported as ``diverged``).
-        threshold: stop when the marginal error is below this.
+            but underflows for small ε or tiny weights: a scaling that becomes 0 or
+            infinite where its weight is positive is reported as ``diverged``).
+        threshold: stop when the marginal error, relative to the mass, is at most this:
+            ``‖Pᵀ1 - b‖_p / Σb`` (balanced, sequential updates), or
+            ``‖P1 - γ_a‖_p / Σa + ‖Pᵀ1 - γ_b‖_p / Σb`` (unbalanced or parallel updates;
+            ``γ`` the fixed-point marginals, see ``docs/conventions.md``). For probability
+            weights this is the absolute ℓp error; weights of any total mass converge
+            alike (float32 with mass 1e6 included). A balanced problem (``tau_a = tau_b =
+            1``) whose weights' total masses differ by more than the threshold allows
+            raises ``ValueError`` (concrete weights; the error can never fall below the
+            relative gap), unless the number of iterations is fixed
+            (``min_iterations >= max_iterations``).
         norm_error: ``p`` of the ℓp norm of the marginal error.
         inner_iterations: the error is computed every this many iterations.
         min_iterations: do not stop before this many iterations.
@@ -54,7 +67,11 @@ class Sinkhorn:
             of g then f (Gauss-Seidel). Jacobi updates need averaging to converge: with
             ``momentum=None`` they use ``momentum=0.5``.
         epsilon_schedule: ``None`` or :class:`~otcore.EpsilonSchedule` (or a tuple
-            ``(init, decay)``) annealing ε towards its target (log-domain only).
+            ``(init, decay)``) annealing ε towards its target (log-domain only). The
+            errors are those of the problem at the current ``ε_t`` (with
+            ``ρ_t = ε_t τ / (1 - τ)``), and the threshold cannot stop the loop before
+            ``ε_t`` has reached the target: a scheduled solve ends at the unscheduled
+            solution, and is not ``converged`` if ``max_iterations`` stops it earlier.
         initializer: ``"default"`` (zero potentials, ``-inf`` at zero weights) or a
             callable ``problem -> (f, g)``.
         implicit_diff: how derivatives of the potentials are computed. An
@@ -166,6 +183,7 @@ class Sinkhorn:
                     f"b {prob.b.shape}, tau ({prob.tau_a}, {prob.tau_b})"
                 )
         adapter = prob.geom.adapter
+        self._check_masses(prob)
         sg = adapter.stop_gradient
         unrolled = self.implicit_diff is None
         if unrolled:
@@ -189,6 +207,44 @@ class Sinkhorn:
             converged=state["converged"],
             diverged=state["diverged"],
             solver=self,
+        )
+
+    def _check_masses(self, prob):
+        """``ValueError`` for a balanced problem whose weights' total masses differ by more
+        than the threshold allows (concrete weights only; under a trace the solve just
+        does not converge). Not checked when the number of iterations is fixed
+        (``min_iterations >= max_iterations``): all steps run whatever the error.
+
+        After the ``f`` update ``ΣP = Σa``, so the relative error ``‖Pᵀ1 - b‖_p / Σb`` is
+        at least ``|Σa - Σb| / Σb · m^(1/p - 1)``; the test uses the smaller bound
+        ``|Σa - Σb| / max(Σa, Σb) · max(n, m)^(1/p - 1)``, which also holds for the
+        parallel updates, and ignores gaps within rounding (``100 × machine epsilon``).
+        """
+        if not prob.is_balanced or self.min_iterations >= self.max_iterations:
+            return  # a fixed number of steps (a map of any weights) runs them all anyway
+        adapter, xp = prob.geom.adapter, prob.geom.xp
+        a, b = adapter.stop_gradient(prob.a), adapter.stop_gradient(prob.b)
+        if not (adapter.is_concrete(a) and adapter.is_concrete(b)):
+            return
+        mass_a, mass_b = xp.sum(a, axis=-1), xp.sum(b, axis=-1)
+        gap = xp.abs(mass_a - mass_b) / xp.maximum(mass_a, mass_b)
+        n, m = prob.geom.shape
+        scale = max(n, m) ** (1.0 / self.norm_error - 1.0)
+        tol = 100.0 * float(xp.finfo(a.dtype).eps)  # a gap within rounding is no mistake
+        bad = (gap * scale > self.threshold) & (gap > tol)
+        if not bool(xp.any(bad)):
+            return
+        # the first problem of a batch that fails, for the message
+        masses = xp.reshape(xp.stack(xp.broadcast_arrays(mass_a, mass_b, gap)), (3, -1))
+        i = int(xp.argmax(xp.astype(xp.reshape(bad, (-1,)), xp.int32)))
+        sa, sb, rel = (float(masses[j, i]) for j in range(3))
+        where = "" if not prob.batch_shape else f" (problem {i} of the flattened batch)"
+        raise ValueError(
+            "a and b must have the same total mass in a balanced problem "
+            f"(tau_a = tau_b = 1): got sum(a) = {sa:.7g} and sum(b) = {sb:.7g}{where}, so "
+            f"the marginal error (relative to the mass) cannot fall below {rel * scale:.3g}"
+            f" > threshold={self.threshold}. Normalise a and b to the same mass, or solve "
+            "an unbalanced problem (tau_a < 1 and/or tau_b < 1)"
         )
 
     def _system_builder(self, prob):
@@ -250,8 +306,8 @@ class _Iteration:
         self.log_a = _xp.safe_log(self.xp, a)
         self.log_b = _xp.safe_log(self.xp, b)
         self.tau_a, self.tau_b = prob.tau_a, prob.tau_b
-        self.rho_a = prob.rho(prob.tau_a, eps)
-        self.rho_b = prob.rho(prob.tau_b, eps)
+        self.mass_a = self.xp.sum(a, axis=-1)  # the errors are relative to these
+        self.mass_b = self.xp.sum(b, axis=-1)
         self.check_both = (not prob.is_balanced) or solver.parallel_dual_updates
 
     # -- loop ----------------------------------------------------------------------
@@ -266,24 +322,39 @@ class _Iteration:
             x0 = xp.exp(_xp.divide_potential(xp, f0, self.e1))
             y0 = xp.exp(_xp.divide_potential(xp, g0, self.e1))
         update = self._lse_step if self.s.lse_mode else self._kernel_step
+        schedule = self.s.epsilon_schedule
+        variables = {"x": x0, "y": y0}
+        if schedule is not None:  # the ε factor of the last step: the error is taken there
+            variables["factor"] = self._factor(0, x0)
 
         def step(t, v):
             x, y = update(t, v["x"], v["y"])
-            return {"x": x, "y": y}
+            if schedule is None:
+                return {"x": x, "y": y}
+            return {"x": x, "y": y, "factor": self._factor(t, x)}
 
         history = None if record is None else []
         state = fixed_point_loop(
             self.ad,
             step,
-            lambda new, old: self._error(new["x"], new["y"]),
-            {"x": x0, "y": y0},
-            self.s,
+            lambda new, old: self._error(new),
+            variables,
+            self._stopping(),
             batch_shape=f0.shape[:-1],
             unrolled=unrolled,
             record=history,
         )
         if record is not None:
             record.extend((v["x"], v["y"]) for v in history)
+        if schedule is not None:  # never converged before ε reached its target
+            state["converged"] = state["converged"] & (state["factor"] <= 1.0)
+        if not self.check_both:
+            # the loop's error only formed Pᵀ1: a plan that overflows on the rows (lost
+            # precision, e.g. float32 potentials far larger than ε) is caught here, once
+            sg = self.ad.stop_gradient
+            row = self._row_marginal(sg(state["x"]), sg(state["y"]))
+            state["diverged"] = state["diverged"] | ~xp.all(xp.isfinite(row))
+            state["converged"] = state["converged"] & ~state["diverged"]
         if self.s.lse_mode:
             state["f"], state["g"] = state["x"], state["y"]
         else:
@@ -345,19 +416,46 @@ class _Iteration:
         return self._relax(u, u_new), v_next
 
     # -- error ---------------------------------------------------------------------
-    def _marginals(self, x, y):
-        """``(P1, Pᵀ1, f, g)`` from the loop variables (target ε)."""
-        xp, ops = self.xp, self.ops
+    def _factor(self, t, like):
+        """The schedule's ε multiplier at step ``t``: a 0-d array of ``like``'s dtype."""
+        xp = self.xp
+        value = self.s.epsilon_schedule.factor(t, xp, like.dtype)
+        if isinstance(value, numbers.Real):  # a Python int t gives a Python float
+            return xp.asarray(float(value), dtype=like.dtype, device=_xp.device_of(like))
+        return xp.astype(value, like.dtype)
+
+    def _stopping(self):
+        """The stopping options, with ``min_iterations`` raised to cover the ε schedule
+        (the threshold cannot stop the loop before ε has reached its target)."""
+        schedule = self.s.epsilon_schedule
+        if schedule is None:
+            return self.s
+        lo = min(max(self.s.min_iterations, schedule_length(schedule) + 1), self.s.max_iterations)
+        return Stopping(self.s.threshold, self.s.inner_iterations, lo, self.s.max_iterations)
+
+    def _row_marginal(self, x, y):
+        """``P1`` at the target ε from the loop variables."""
+        xp = self.xp
         if self.s.lse_mode:
             fe = _xp.divide_potential(xp, x, self.e1)
             ge = _xp.divide_potential(xp, y, self.e1)
-            col = xp.exp(ge + ops.apply_lse(fe, axis=0))
-            row = xp.exp(fe + ops.apply_lse(ge, axis=1)) if self.check_both else None
+            return xp.exp(fe + self.ops.apply_lse(ge, axis=1))
+        return x * self.ops.apply_kernel(y, axis=1)
+
+    def _marginals(self, x, y, e1, ratio):
+        """``(P1, Pᵀ1, f, g)`` from the loop variables at ``ε_t = e1`` (``ratio = ε / ε_t``;
+        ``None`` at the target ε); ``P1`` is formed only when both sides are checked."""
+        xp, ops = self.xp, self.ops
+        if self.s.lse_mode:
+            fe = _xp.divide_potential(xp, x, e1)
+            ge = _xp.divide_potential(xp, y, e1)
+            col = xp.exp(ge + ops.apply_lse(fe, axis=0, ratio=ratio))
+            row = xp.exp(fe + ops.apply_lse(ge, axis=1, ratio=ratio)) if self.check_both else None
             return row, col, x, y
         col = y * ops.apply_kernel(x, axis=0)
         row = x * ops.apply_kernel(y, axis=1) if self.check_both else None
-        f = self.e1 * _xp.safe_log(xp, x) if self.check_both else None
-        g = self.e1 * _xp.safe_log(xp, y) if self.check_both else None
+        f = e1 * _xp.safe_log(xp, x) if self.check_both else None
+        g = e1 * _xp.safe_log(xp, y) if self.check_both else None
         return row, col, f, g
 
     def _norm(self, v):
@@ -367,13 +465,59 @@ class _Iteration:
             return xp.sum(xp.abs(v), axis=-1)
         return xp.sum(xp.abs(v) ** p, axis=-1) ** (1.0 / p)
 
-    def _error(self, x, y):
-        row, col, f, g = self._marginals(x, y)
+    def _valid(self, x, y):
+        """Per problem: the weights, their total masses and the loop variables are finite
+        where the weights are positive (scalings also ``> 0`` in kernel mode)."""
+        xp = self.xp
+        a, b = self.a, self.b
+        if self.s.lse_mode:
+            ok_x, ok_y = xp.isfinite(x), xp.isfinite(y)
+        else:  # a scaling that underflowed to 0 (or overflowed) where its weight is > 0
+            ok_x = xp.isfinite(x) & (x > 0)
+            ok_y = xp.isfinite(y) & (y > 0)
+        ok = xp.all(ok_x | ~(a > 0), axis=-1) & xp.all(ok_y | ~(b > 0), axis=-1)
+        weights = xp.all(xp.isfinite(a), axis=-1) & xp.all(xp.isfinite(b), axis=-1)
+        return ok & weights & xp.isfinite(self.mass_a * self.mass_b)
+
+    def _error(self, v):
+        """Marginal error of the loop variables ``v``, relative to the weights' masses
+        (``NaN`` where :meth:`_valid` fails, which stops the loop as ``diverged``).
+
+        With an ε schedule it is the error of the problem at the current ``ε_t``
+        (``ρ_t = ε_t τ / (1 - τ)``): the target ε on annealed potentials would overflow.
+        """
+        xp = self.xp
+        x, y = v["x"], v["y"]
+        factor = v.get("factor")
+        if factor is None:
+            e1, eps, ratio = self.e1, self.eps, None
+        else:
+            e1, eps, ratio = self.e1 * factor, self.eps * factor, 1.0 / factor
+        row, col, f, g = self._marginals(x, y, e1, ratio)
         if not self.check_both:
-            return self._norm(col - self.b)
-        target_a = marginal_target(self.xp, self.a, f, self.e1, self.rho_a)
-        target_b = marginal_target(self.xp, self.b, g, self.e1, self.rho_b)
-        return self._norm(row - target_a) + self._norm(col - target_b)
+            err = self._norm(col - self.b) / self.mass_b
+        else:
+            rho_a = self.prob.rho(self.tau_a, eps)
+            rho_b = self.prob.rho(self.tau_b, eps)
+            target_a = marginal_target(xp, self.a, f, e1, rho_a)
+            target_b = marginal_target(xp, self.b, g, e1, rho_b)
+            err = (
+                self._norm(row - target_a) / self.mass_a + self._norm(col - target_b) / self.mass_b
+            )
+        return xp.where(self._valid(x, y), err, math.nan)
+
+
+def schedule_length(schedule: EpsilonSchedule) -> int:
+    """The first iteration ``t`` at which ``schedule.factor(t) == 1`` (``ε_t`` is the
+    target); a huge number if it never is (``decay == 1 < init``)."""
+    if schedule.init <= 1.0:
+        return 0
+    if schedule.decay >= 1.0:
+        return 2**62
+    t = max(math.ceil(math.log(schedule.init) / -math.log(schedule.decay)) - 1, 0)
+    while schedule.init * schedule.decay**t > 1.0:  # the formula, exact to rounding
+        t += 1
+    return t
 
 
 def xp_where_finite_average(xp, old, new):

@@ -166,10 +166,12 @@ class Case:
         )
 
     def describe(self) -> str:
-        """The parameters in one line (for reports)."""
-        p = {k: v for k, v in self.params.items() if k != "seed"}
-        return f"{self.dtype} seed={self.params['seed']} eps={self.epsilon:.3g} " + " ".join(
-            f"{k}={v}" for k, v in p.items()
+        """The parameters in one line (for reports), in :data:`SPACE`'s order."""
+        p = dict(self.params)
+        if not p["lse_mode"]:
+            p["schedule"] = None  # not used in kernel mode
+        return f"{self.dtype} eps={self.epsilon:.3g} " + " ".join(
+            f"{k}={p[k]!r}" for k in SPACE if k in p
         )
 
 
@@ -355,9 +357,7 @@ def reference(case: Case) -> Reference:
             warnings.simplefilter("error", ot.ConvergenceWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             try:
-                value, grad = ot.value_and_grad(ot.reg_ot_cost)(
-                    *args, epsilon=case.epsilon, **kw
-                )
+                value, grad = ot.value_and_grad(ot.reg_ot_cost)(*args, epsilon=case.epsilon, **kw)
             except (ot.ConvergenceWarning, ot.NonFiniteIterationError, ValueError, TypeError):
                 pass
             else:
@@ -455,7 +455,7 @@ def run_case(case: Case, backend: str, jit: bool = False) -> Outcome:
     if jit:
         try:
             value, conv, div = _solve(backend, *inputs, kwargs, True)
-        except Exception as exc:  # noqa: BLE001 - classified
+        except Exception as exc:  # classified below
             return mutated() or exception_outcome(exc)
         return mutated() or _classify_flags(case, value, conv, div)
 
@@ -463,7 +463,7 @@ def run_case(case: Case, backend: str, jit: bool = False) -> Outcome:
         warnings.simplefilter("always")
         try:
             value, gx = _value_and_grad(backend, *inputs, make_kwargs(kwargs))
-        except Exception as exc:  # noqa: BLE001 - classified
+        except Exception as exc:  # classified below
             raised = exc
         else:
             raised = None
@@ -478,7 +478,7 @@ def run_case(case: Case, backend: str, jit: bool = False) -> Outcome:
         warnings.simplefilter("ignore")
         try:
             svalue, conv, div = _solve(backend, *inputs, kwargs, False)
-        except Exception as exc:  # noqa: BLE001 - classified
+        except Exception as exc:  # classified below
             return Outcome("unclear", f"Sinkhorn raised where reg_ot_cost did not: {exc!r}"[:300])
     if raised is not None:  # NonFiniteIterationError
         if not div:
@@ -508,8 +508,10 @@ def _classify_flags(case, value, conv, div):
     if conv and div:
         return Outcome("misflagged", "converged and diverged both True")
     if not finite and not div:
-        return Outcome("misflagged" if not conv else "nonfinite", f"value={to_numpy(value)}, "
-                       f"converged={conv}, diverged=False")
+        return Outcome(
+            "misflagged" if not conv else "nonfinite",
+            f"value={to_numpy(value)}, converged={conv}, diverged=False",
+        )
     if not conv:
         return Outcome("flagged", "diverged" if div else "not converged")
     return _check_value(case, value, None, "Sinkhorn")

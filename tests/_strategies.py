@@ -73,7 +73,7 @@ SPACE = {
     "cost": ["sqeuclidean", "euclidean", "cosine", "pnorm"],
     "schedule": [None, None, None, (10.0, 0.8)],  # epsilon_schedule (log mode only)
     # an invalid input (about one problem in seven): a clear error, or a flag under jit
-    "invalid": [None] * 30 + ["nan_x", "negative_a", "inf_b", "empty_y", "zero_a"],
+    "invalid": [None] * 36 + ["nan_x", "nan_a", "negative_a", "inf_b", "empty_y", "zero_a"],
 }
 
 #: the tested solve's ``threshold`` and the float64 reference's, per dtype
@@ -249,6 +249,8 @@ def build_case(params: dict, dtype: str) -> Case:
     invalid = p["invalid"]
     if invalid == "nan_x":
         x[0, 0] = np.nan
+    elif invalid == "nan_a":
+        a[0] = np.nan
     elif invalid == "negative_a":
         a[0] = -a[0] - 0.1
     elif invalid == "inf_b":

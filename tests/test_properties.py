@@ -161,7 +161,8 @@ def test_contract_under_jax_jit(dtype):
 
     @settings(max_examples=_n_examples(JIT_SHARE))
     @given(params=params_strategy())
-    @example(params=_params(invalid="nan_x"))  # NaN input: diverged, not converged
+    @example(params=_params(invalid="nan_a"))  # NaN weights: diverged (item 4)
+    @example(params=_params(invalid="nan_x"))
     @example(params=_params(invalid="negative_a"))
     @example(params=_params(weights="unnormalised", mass=1e30))  # mass overflow (item 4)
     def check(params):

@@ -6,6 +6,11 @@ machine with a GPU. A library that is not installed, or a GPU that is absent, sk
 parameter; it never fails. The fixture's value is a :class:`_helpers.Backend`:
 ``xp.to_xp(np_array)`` converts to the backend, ``xp.to_np(array)`` converts back, and
 ``xp.<name>`` is the namespace's own function.
+
+Hypothesis profiles (``tests/test_properties.py``): ``ci``, the default, deterministic
+(``derandomize=True``, no example database, no deadline, no shrinking; 100 examples, which
+the property tests scale per backend), and ``long`` (2000 examples, random seeds, with
+shrinking), selected with hypothesis's own option ``--hypothesis-profile=long``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,31 @@ import tempfile
 
 import pytest
 from _helpers import CPU_BACKENDS, GPU_BACKENDS, make_backend
+
+try:  # the property suite's profiles (see the module docstring)
+    from hypothesis import HealthCheck, Phase, settings
+
+    settings.register_profile(
+        "ci",
+        max_examples=100,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
+        suppress_health_check=(HealthCheck.too_slow, HealthCheck.data_too_large),
+    )
+    settings.register_profile(
+        "long",
+        max_examples=2000,
+        deadline=None,
+        derandomize=False,
+        print_blob=True,
+        suppress_health_check=(HealthCheck.too_slow, HealthCheck.data_too_large),
+    )
+    settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a test extra
+    settings = None
 
 try:  # accuracy tests run in float64 on every backend, JAX included
     import jax
@@ -27,6 +57,14 @@ _JAX_CACHE_DIR = None
 
 
 def pytest_configure(config):
+    """Load the hypothesis profile (``--hypothesis-profile``, default ``ci``); share XLA
+    executables between tests (below)."""
+    if settings is not None:
+        settings.load_profile(config.getoption("--hypothesis-profile", None) or "ci")
+    _share_jax_cache()
+
+
+def _share_jax_cache():
     """Share XLA executables between tests (a session-local compilation cache).
 
     Every eager otcore solve on JAX traces and compiles its ``lax.while_loop`` afresh

@@ -13,8 +13,18 @@ that receives broadcast views ``x[..., :, None, :]`` and ``y[..., None, :, :]`` 
 from __future__ import annotations
 
 from otcore._lib import xp as _xp
+from otcore.backends import adapter_for
 
-__all__ = ["Cosine", "CostFn", "Euclidean", "PNorm", "SqEuclidean", "UserCost", "get_cost"]
+__all__ = [
+    "Cosine",
+    "CostFn",
+    "Euclidean",
+    "PNorm",
+    "SqEuclidean",
+    "UserCost",
+    "common_shift",
+    "get_cost",
+]
 
 
 class CostFn:
@@ -22,9 +32,23 @@ class CostFn:
 
     name = "cost"
 
+    #: True for a translation-invariant cost (``c(x + s, y + s) = c(x, y)``) whose
+    #: formula loses digits far from the origin (:class:`SqEuclidean`'s expansion): a
+    #: :class:`~otcore.PointCloud` then moves both clouds by one common shift
+    #: (:func:`common_shift`) and calls :meth:`pairwise_centred`. Costs computed from the
+    #: differences ``x_i - y_j`` (:class:`Euclidean`, :class:`PNorm`) keep their digits
+    #: without it.
+    centre_points = False
+
     def pairwise(self, x, y):
         """Cost matrix ``(..., n, m)`` between ``x (..., n, d)`` and ``y (..., m, d)``."""
         raise NotImplementedError
+
+    def pairwise_centred(self, x, y):
+        """:meth:`pairwise` of points that the caller has already moved by a common shift
+        (a :class:`PointCloud` does, once for all its blocks): a cost that centres its
+        inputs itself skips that step here. Default: :meth:`pairwise`."""
+        return self.pairwise(x, y)
 
     def __call__(self, x, y):
         return self.pairwise(x, y)
@@ -98,36 +122,77 @@ def _weighted_differences(xp, x, y, w):
     return dx, dy
 
 
+def common_shift(xp, x, y):
+    """The shift ``s (..., 1, d)`` that :class:`SqEuclidean` subtracts from both
+    ``x (..., n, d)`` and ``y (..., m, d)``: the midpoint of their means (0 when either is
+    empty). Far from the origin, ``x - s`` and ``y - s`` are exact in floating point
+    (Sterbenz), while ``|x|² + |y|² - 2 x·y`` would lose every digit of ``|x - y|²``.
+
+    Example:
+        >>> import numpy as np
+        >>> common_shift(np, np.array([[1.0, 2.0]]), np.array([[3.0, 2.0], [3.0, 4.0]]))
+        array([[2. , 2.5]])
+    """
+    if x.shape[-2] == 0 or y.shape[-2] == 0:
+        return xp.zeros_like(x[..., :1, :])
+    return (xp.mean(x, axis=-2, keepdims=True) + xp.mean(y, axis=-2, keepdims=True)) / 2.0
+
+
+def _centred(x, y, stop_gradient: bool = False):
+    """``(xp, x - s, y - s)`` with ``s = common_shift(x, y)`` (a constant for autodiff
+    when ``stop_gradient``: the cost's derivatives are then those of the unshifted points,
+    exactly, at every order)."""
+    xp = _xp.namespace(x, y)
+    s = common_shift(xp, x, y)
+    if stop_gradient:
+        s = adapter_for(x, y).stop_gradient(s)
+    return xp, x - s, y - s
+
+
 def _sq_dist(x, y):
+    """``|x|² + |y|² - 2 x·y`` (one matrix product; clamped at 0) on points as given."""
     xp = _xp.namespace(x, y)
     xx = xp.sum(x * x, axis=-1)
     yy = xp.sum(y * y, axis=-1)
     xy = x @ xp.matrix_transpose(y)
     d2 = xx[..., :, None] + yy[..., None, :] - 2.0 * xy
-    return xp, xp.maximum(d2, xp.zeros_like(d2))
+    return xp.maximum(d2, xp.zeros_like(d2))
 
 
 class SqEuclidean(CostFn):
     """``c(x, y) = ||x - y||_2^2`` (computed with one matrix product; clamped at 0).
 
+    The expansion ``|x|² + |y|² - 2 x·y`` is formed on points moved by a common shift
+    (:func:`common_shift`, a constant for autodiff), so that float32 keeps its digits
+    for clouds far from the origin; the value and all derivatives are those of
+    ``||x - y||²``.
+
     Example:
         >>> import numpy as np
         >>> SqEuclidean()(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]]))
         array([[25.]])
+        >>> x = np.array([[1000.0, 1000.0]], np.float32)  # far from the origin
+        >>> SqEuclidean()(x, x + np.float32(0.01))
+        array([[0.00019532]], dtype=float32)
     """
 
     name = "sqeuclidean"
+    centre_points = True
 
     def pairwise(self, x, y):
-        return _sq_dist(x, y)[1]
+        _, xc, yc = _centred(x, y, stop_gradient=True)
+        return _sq_dist(xc, yc)
+
+    def pairwise_centred(self, x, y):
+        return _sq_dist(x, y)
 
     def vjp(self, x, y, g):
-        xp = _xp.namespace(x, y, g)
+        xp, x, y = _centred(x, y)
         dx, dy = _weighted_differences(xp, x, y, g)
         return 2.0 * dx, 2.0 * dy
 
     def jvp(self, x, y, dx, dy):
-        xp = _xp.namespace(x, y)
+        xp, x, y = _centred(x, y)
         out = 0.0
         if dx is not None:
             out = out + 2.0 * (xp.sum(x * dx, axis=-1)[..., :, None] - dx @ xp.matrix_transpose(y))

@@ -27,13 +27,14 @@ from otcore.geometry.epsilon import EpsilonSchedule
 AUTODIFF = ("numpy", "jax", "torch")  # NumPy: the manual rules (ot.grad)
 
 
-def _grad_x(name, x, y, dtype=np.float64, **kw):
+def _grad_x(name, x, y, dtype=np.float64, via_ot=False, **kw):
     """``∂ reg_ot_cost(x, y) / ∂x`` on backend ``name`` with its own differentiation:
-    ``ot.grad`` (manual rule) on NumPy, ``jax.grad``, torch autograd. ``y=None``: x vs x."""
+    ``ot.grad`` (manual rule) on NumPy, ``jax.grad``, torch autograd; ``ot.grad`` on every
+    backend with ``via_ot``. ``y=None``: x vs x."""
     be = make_backend(name)
     xb = be.to_xp(x, dtype)
     yb = None if y is None else be.to_xp(y, dtype)
-    if name == "numpy":
+    if name == "numpy" or via_ot:
         g = ot.grad(ot.reg_ot_cost)(xb, yb, **kw)
     elif name == "jax":
         import jax
@@ -74,11 +75,12 @@ def _cosine_reference_gradient(ridge=1e-8):
 def test_case_03_cosine_zero_vector_gradient_is_finite_and_matches_manual_rule(name):
     ref = _cosine_reference_gradient()
     manual = _grad_x("numpy", X3, Y3, cost="cosine", epsilon=EPS3, threshold=1e-13)
-    got = _grad_x(name, X3, Y3, cost="cosine", epsilon=EPS3, threshold=1e-13)
-    assert np.all(np.isfinite(got))
-    assert abs(got[0, 0]) > 1e7  # the ridged formula's slope -y/ridge at the zero vector
-    np.testing.assert_allclose(got, manual, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-7)
+    for via_ot in (False, True):
+        got = _grad_x(name, X3, Y3, via_ot=via_ot, cost="cosine", epsilon=EPS3, threshold=1e-13)
+        assert np.all(np.isfinite(got))
+        assert abs(got[0, 0]) > 1e7  # the ridged formula's slope -y/ridge at the zero vector
+        np.testing.assert_allclose(got, manual, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-7)
 
 
 def test_case_03_cosine_gradient_matches_finite_differences_where_smooth():

@@ -56,14 +56,16 @@ def _side(out, side):
 
 
 def _weight_gradient(out, side):
-    """``∂R̃/∂w``: balanced ``h̃ - ε``; unbalanced ``-ρ(e - 1) - ε e``; plus ``ε Σ other``."""
+    """``∂R̃/∂w``: balanced ``h̃ - ε``; unbalanced ``-ρ(e - 1) - ε e`` (``e - 1`` formed
+    with ``expm1``: it keeps its digits when ``ρ ≫ |h̃|``); plus ``ε Σ other``."""
     xp = out.xp
     w, h_tilde, tau, other, e = _side(out, side)
     eps = _xp.expand_dims_right(out.epsilon, 1)
     if tau == 1.0:
         d = h_tilde - eps
     else:
-        d = -_xp.expand_dims_right(out.prob.rho(tau), 1) * (e - 1.0) - eps * e
+        rho = _xp.expand_dims_right(out.prob.rho(tau), 1)
+        d = -rho * xp.expm1(-h_tilde / rho) - eps * e
     # zero weights: like the autodiff backends (masked terms), only the mass term remains
     d = xp.where(w > 0, d, xp.zeros_like(d))
     return d + eps * xp.sum(other, axis=-1)[..., None]

@@ -254,9 +254,11 @@ class Geometry:
             return mean
         if not self.is_online:
             return xp.std(self._raw_cost_matrix(), axis=(-2, -1))
-        sq = sum(xp.sum(blk * blk, axis=(-2, -1)) for blk in self._raw_blocks(1))
-        var = sq / (n * m) - mean * mean
-        return xp.sqrt(xp.maximum(var, xp.zeros_like(var)))
+        # two passes (the mean, then squared deviations): E[C²] - mean² would cancel
+        # catastrophically in float32 when std(C) << mean(C)
+        centre = _xp.expand_dims_right(mean, 2)
+        sq = sum(xp.sum((blk - centre) ** 2, axis=(-2, -1)) for blk in self._raw_blocks(1))
+        return xp.sqrt(sq / (n * m))
 
     @property
     def inv_scale_cost(self):

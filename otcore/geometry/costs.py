@@ -13,8 +13,18 @@ that receives broadcast views ``x[..., :, None, :]`` and ``y[..., None, :, :]`` 
 from __future__ import annotations
 
 from otcore._lib import xp as _xp
+from otcore.backends import adapter_for
 
-__all__ = ["Cosine", "CostFn", "Euclidean", "PNorm", "SqEuclidean", "UserCost", "get_cost"]
+__all__ = [
+    "Cosine",
+    "CostFn",
+    "Euclidean",
+    "PNorm",
+    "SqEuclidean",
+    "UserCost",
+    "common_shift",
+    "get_cost",
+]
 
 
 class CostFn:
@@ -22,9 +32,23 @@ class CostFn:
 
     name = "cost"
 
+    #: True for a translation-invariant cost (``c(x + s, y + s) = c(x, y)``) whose
+    #: formula loses digits far from the origin (:class:`SqEuclidean`'s expansion): a
+    #: :class:`~otcore.PointCloud` then moves both clouds by one common shift
+    #: (:func:`common_shift`) and calls :meth:`pairwise_centred`. Costs computed from the
+    #: differences ``x_i - y_j`` (:class:`Euclidean`, :class:`PNorm`) keep their digits
+    #: without it.
+    centre_points = False
+
     def pairwise(self, x, y):
         """Cost matrix ``(..., n, m)`` between ``x (..., n, d)`` and ``y (..., m, d)``."""
         raise NotImplementedError
+
+    def pairwise_centred(self, x, y):
+        """:meth:`pairwise` of points that the caller has already moved by a common shift
+        (a :class:`PointCloud` does, once for all its blocks): a cost that centres its
+        inputs itself skips that step here. Default: :meth:`pairwise`."""
+        return self.pairwise(x, y)
 
     def __call__(self, x, y):
         return self.pairwise(x, y)
@@ -98,36 +122,77 @@ def _weighted_differences(xp, x, y, w):
     return dx, dy
 
 
+def common_shift(xp, x, y):
+    """The shift ``s (..., 1, d)`` that :class:`SqEuclidean` subtracts from both
+    ``x (..., n, d)`` and ``y (..., m, d)``: the midpoint of their means (0 when either is
+    empty). Far from the origin, ``x - s`` and ``y - s`` are exact in floating point
+    (Sterbenz), while ``|x|² + |y|² - 2 x·y`` would lose every digit of ``|x - y|²``.
+
+    Example:
+        >>> import numpy as np
+        >>> common_shift(np, np.array([[1.0, 2.0]]), np.array([[3.0, 2.0], [3.0, 4.0]]))
+        array([[2. , 2.5]])
+    """
+    if x.shape[-2] == 0 or y.shape[-2] == 0:
+        return xp.zeros_like(x[..., :1, :])
+    return (xp.mean(x, axis=-2, keepdims=True) + xp.mean(y, axis=-2, keepdims=True)) / 2.0
+
+
+def _centred(x, y, stop_gradient: bool = False):
+    """``(xp, x - s, y - s)`` with ``s = common_shift(x, y)`` (a constant for autodiff
+    when ``stop_gradient``: the cost's derivatives are then those of the unshifted points,
+    exactly, at every order)."""
+    xp = _xp.namespace(x, y)
+    s = common_shift(xp, x, y)
+    if stop_gradient:
+        s = adapter_for(x, y).stop_gradient(s)
+    return xp, x - s, y - s
+
+
 def _sq_dist(x, y):
+    """``|x|² + |y|² - 2 x·y`` (one matrix product; clamped at 0) on points as given."""
     xp = _xp.namespace(x, y)
     xx = xp.sum(x * x, axis=-1)
     yy = xp.sum(y * y, axis=-1)
     xy = x @ xp.matrix_transpose(y)
     d2 = xx[..., :, None] + yy[..., None, :] - 2.0 * xy
-    return xp, xp.maximum(d2, xp.zeros_like(d2))
+    return xp.maximum(d2, xp.zeros_like(d2))
 
 
 class SqEuclidean(CostFn):
     """``c(x, y) = ||x - y||_2^2`` (computed with one matrix product; clamped at 0).
 
+    The expansion ``|x|² + |y|² - 2 x·y`` is formed on points moved by a common shift
+    (:func:`common_shift`, a constant for autodiff), so that float32 keeps its digits
+    for clouds far from the origin; the value and all derivatives are those of
+    ``||x - y||²``.
+
     Example:
         >>> import numpy as np
         >>> SqEuclidean()(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]]))
         array([[25.]])
+        >>> x = np.array([[1000.0, 1000.0]], np.float32)  # far from the origin
+        >>> SqEuclidean()(x, x + np.float32(0.01))  # (0.0100098 in float32)² · 2
+        array([[0.00020039]], dtype=float32)
     """
 
     name = "sqeuclidean"
+    centre_points = True
 
     def pairwise(self, x, y):
-        return _sq_dist(x, y)[1]
+        _, xc, yc = _centred(x, y, stop_gradient=True)
+        return _sq_dist(xc, yc)
+
+    def pairwise_centred(self, x, y):
+        return _sq_dist(x, y)
 
     def vjp(self, x, y, g):
-        xp = _xp.namespace(x, y, g)
+        xp, x, y = _centred(x, y)
         dx, dy = _weighted_differences(xp, x, y, g)
         return 2.0 * dx, 2.0 * dy
 
     def jvp(self, x, y, dx, dy):
-        xp = _xp.namespace(x, y)
+        xp, x, y = _centred(x, y)
         out = 0.0
         if dx is not None:
             out = out + 2.0 * (xp.sum(x * dx, axis=-1)[..., :, None] - dx @ xp.matrix_transpose(y))
@@ -223,12 +288,38 @@ class PNorm(_TranslationInvariant):
         return f"PNorm(p={self.p})"
 
 
+def _safe_norm(xp, v):
+    """``||v||_2`` over the last axis with a zero (not NaN) derivative at ``v = 0``.
+
+    The "double where": the squared norm of a zero vector is replaced by 1 *before* the
+    square root, so the backward pass of ``sqrt`` never sees 0 (``0 * inf = NaN``), and
+    the outer ``where`` puts the 0 back.
+    """
+    sq = xp.sum(v * v, axis=-1)
+    pos = sq > 0
+    return xp.where(pos, xp.sqrt(xp.where(pos, sq, xp.ones_like(sq))), xp.zeros_like(sq))
+
+
+def _safe_divide(xp, num, den):
+    """``num / den`` where ``den > 0``, else 0 (finite derivatives everywhere)."""
+    pos = den > 0
+    return xp.where(pos, num / xp.where(pos, den, xp.ones_like(den)), xp.zeros_like(num))
+
+
 class Cosine(CostFn):
     """``c(x, y) = 1 - <x, y> / (||x|| ||y|| + ridge)``, in ``[0, 2]``.
+
+    A zero vector is at cost 1 from every point. The derivative is finite everywhere, on
+    every backend, and equal to the manual rule: at a zero vector ``x_i`` the norm
+    contributes nothing and ``∂c_ij/∂x_i = -y_j / ridge`` (the derivative of the ridged
+    formula; large for the default ``ridge = 1e-8``). With ``ridge = 0`` a pair with a zero
+    vector has cost 1 and derivative 0.
 
     Example:
         >>> import numpy as np
         >>> Cosine()(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])).round(6)
+        array([[1.]])
+        >>> Cosine()(np.array([[0.0, 0.0]]), np.array([[0.0, 2.0]]))
         array([[1.]])
     """
 
@@ -241,22 +332,22 @@ class Cosine(CostFn):
 
     def pairwise(self, x, y):
         xp = _xp.namespace(x, y)
-        nx = xp.sqrt(xp.sum(x * x, axis=-1))
-        ny = xp.sqrt(xp.sum(y * y, axis=-1))
+        nx = _safe_norm(xp, x)
+        ny = _safe_norm(xp, y)
         xy = x @ xp.matrix_transpose(y)
-        return 1.0 - xy / (nx[..., :, None] * ny[..., None, :] + self.ridge)
+        return 1.0 - _safe_divide(xp, xy, nx[..., :, None] * ny[..., None, :] + self.ridge)
 
     def vjp(self, x, y, g):
         xp = _xp.namespace(x, y, g)
-        nx = xp.sqrt(xp.sum(x * x, axis=-1))
-        ny = xp.sqrt(xp.sum(y * y, axis=-1))
+        nx = _safe_norm(xp, x)
+        ny = _safe_norm(xp, y)
         s = x @ xp.matrix_transpose(y)
         d = nx[..., :, None] * ny[..., None, :] + self.ridge
-        gd = g / d
-        gsd2 = g * s / (d * d)
+        gd = _safe_divide(xp, g, d)
+        gsd2 = _safe_divide(xp, gd * s, d)
         # d/dx_i of -s_ij/d_ij = -y_j/d_ij + s_ij ny_j x_i / (nx_i d_ij^2)
-        inv_nx = xp.where(nx > 0, 1.0 / xp.where(nx > 0, nx, xp.ones_like(nx)), 0.0 * nx)
-        inv_ny = xp.where(ny > 0, 1.0 / xp.where(ny > 0, ny, xp.ones_like(ny)), 0.0 * ny)
+        inv_nx = _safe_divide(xp, xp.ones_like(nx), nx)
+        inv_ny = _safe_divide(xp, xp.ones_like(ny), ny)
         dx = -(gd @ y) + x * (inv_nx * xp.sum(gsd2 * ny[..., None, :], axis=-1))[..., None]
         gsd2_t = xp.matrix_transpose(gsd2)
         dy = (

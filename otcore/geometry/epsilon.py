@@ -52,11 +52,14 @@ class EpsilonSchedule:
     def factor(self, t, xp=None, dtype=None):
         """Multiplier of the target ε at iteration ``t``.
 
-        ``t`` is a Python int, or an integer array with its namespace ``xp`` and the
-        floating ``dtype`` of the result (array expression, no host sync).
+        ``t`` is an integer (a Python int or a NumPy integer scalar: the result is then a
+        Python float, which keeps float32 arrays float32 when it multiplies them), or an
+        integer array with its namespace ``xp`` and the floating ``dtype`` of the result
+        (array expression, no host sync).
         """
         if xp is None or isinstance(t, numbers.Integral):
-            return max(self.init * self.decay**t, 1.0)
+            # int(t): ``decay ** np.int64`` would be an np.float64, which promotes float32
+            return max(self.init * self.decay ** int(t), 1.0)
         value = self.init * xp.exp(xp.astype(t, dtype) * math.log(self.decay))
         return xp.where(value > 1.0, value, xp.ones_like(value))
 

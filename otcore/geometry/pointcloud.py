@@ -7,7 +7,7 @@ from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.backends import adapter_for
 from otcore.geometry.base import Geometry
-from otcore.geometry.costs import get_cost
+from otcore.geometry.costs import common_shift, get_cost
 
 __all__ = ["PointCloud"]
 
@@ -111,11 +111,12 @@ class PointCloud(Geometry):
         rule), block by block: online, ``C̄`` is never held."""
         xp = self.xp
         s = _xp.expand_dims_right(self.inv_scale_cost, 2)
+        x, y = self._points()
         dxs, dy = [], None
         for start, blk in row_blocks:
             k = blk.shape[-2]
             dx_blk, dy_blk = self._adapter.cost_vjp(
-                self.cost_fn, self.x[..., start : start + k, :], self.y, blk * s
+                self.cost_fn, x[..., start : start + k, :], y, blk * s
             )
             dxs.append(dx_blk)
             dy = dy_blk if dy is None else dy + dy_blk
@@ -124,19 +125,37 @@ class PointCloud(Geometry):
             return (_xp.unbroadcast(xp, dx + dy, self.x.shape),)
         return (_xp.unbroadcast(xp, dx, self.x.shape), _xp.unbroadcast(xp, dy, self.y.shape))
 
+    def _points(self):
+        """``(x, y)`` as the cost sees them: moved by one common shift (a constant for
+        autodiff, the same for every block) when the cost asks for it
+        (:attr:`~otcore.costs.CostFn.centre_points`, the squared Euclidean cost), so that
+        float32 keeps its digits far from the origin (see
+        :func:`otcore.costs.common_shift`); as given otherwise. Not cached: O(nd), and
+        an online geometry is called inside traced loops (a cached tracer would escape)."""
+        if not self.cost_fn.centre_points:
+            return self.x, self.y
+        shift = self._adapter.stop_gradient(common_shift(self.xp, self.x, self.y))
+        return self.x - shift, self.y - shift
+
+    def _pairwise(self, x, y):
+        if self.cost_fn.centre_points:
+            return self.cost_fn.pairwise_centred(x, y)
+        return self.cost_fn.pairwise(x, y)
+
     def _raw_cost_matrix(self):
-        return self._cached("raw", lambda: self.cost_fn.pairwise(self.x, self.y))
+        return self._cached("raw", lambda: self._pairwise(*self._points()))
 
     def _raw_blocks(self, axis: int):
         if not self.is_online:
             yield self._raw_cost_matrix()
             return
         bs = self.batch_size
+        x, y = self._points()
         if axis == 1:  # split rows
-            n = self.x.shape[-2]
+            n = x.shape[-2]
             for s in range(0, n, bs):
-                yield self.cost_fn.pairwise(self.x[..., s : min(s + bs, n), :], self.y)
+                yield self._pairwise(x[..., s : min(s + bs, n), :], y)
         else:  # split columns
-            m = self.y.shape[-2]
+            m = y.shape[-2]
             for s in range(0, m, bs):
-                yield self.cost_fn.pairwise(self.x, self.y[..., s : min(s + bs, m), :])
+                yield self._pairwise(x, y[..., s : min(s + bs, m), :])

@@ -198,7 +198,8 @@ class SinkhornOutput:
         return xp.sum(xp.where(pos, w * h_safe, xp.zeros_like(h_safe)), axis=-1)
 
     def _side_term(self, w, h, tau):
-        """Balanced: ``<w, h - ε log w>``; unbalanced: ``-<w, ρ(exp(-(h - ε log w)/ρ) - 1)>``."""
+        """Balanced: ``<w, h - ε log w>``; unbalanced: ``-<w, ρ(exp(-(h - ε log w)/ρ) - 1)>``,
+        formed with ``expm1`` so that it keeps its digits when ``ρ ≫ |h̃|`` (``tau`` near 1)."""
         xp = self.xp
         e1 = _xp.expand_dims_right(self.epsilon, 1)
         pos = w > 0
@@ -208,7 +209,7 @@ class SinkhornOutput:
         if tau == 1.0:
             return self._weighted(w, h_tilde)
         rho = _xp.expand_dims_right(self.prob.rho(tau), 1)
-        return -self._weighted(w, rho * (xp.exp(-h_tilde / rho) - 1.0))
+        return -self._weighted(w, rho * xp.expm1(-h_tilde / rho))
 
     @property
     def reg_ot_cost(self):

@@ -116,7 +116,13 @@ class _TranslationInvariant(CostFn):
 
 
 def _weighted_differences(xp, x, y, w):
-    """``(dx, dy)`` with ``dx_i = sum_j w_ij (x_i - y_j)`` and ``dy_j = -sum_i w_ij (x_i - y_j)``."""
+    """``(dx, dy)`` with ``dx_i = sum_j w_ij (x_i - y_j)`` and ``dy_j = -sum_i w_ij (x_i - y_j)``.
+
+    Both are invariant under a common shift of ``x`` and ``y``: the points are moved by
+    :func:`common_shift` first, so that float32 keeps its digits far from the origin
+    (``x_i Σ_j w_ij - Σ_j w_ij y_j`` would cancel them)."""
+    s = common_shift(xp, x, y)
+    x, y = x - s, y - s
     dx = x * xp.sum(w, axis=-1)[..., None] - w @ y
     dy = y * xp.sum(w, axis=-2)[..., None] - xp.matrix_transpose(w) @ x
     return dx, dy

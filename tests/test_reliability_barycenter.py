@@ -61,7 +61,7 @@ def test_case_10_converged_barycenter_is_within_threshold_of_its_limit(
 
 
 def test_case_10_debiased_barycenter_does_not_report_convergence_early():
-    # the case: ε = 64 h² makes the debiasing a hard deconvolution that converges
+    # the case: ε ≈ 24 h² makes the debiasing a hard deconvolution that converges
     # sublinearly. Before: converged=True after 40 iterations, 3.6e-3 (ℓ1) from the
     # 4000-iteration iterate at threshold 1e-4. Now: not converged after 2000, and the
     # error it reports is the size of the distance that remains.

@@ -50,11 +50,12 @@ class BarycenterOutput(_pytree.AttributeNode):
         g: column potentials ``(..., k, m)`` in cost units; plan ``s`` is
             ``exp((f_s,i + g_s,j − C_ij)/ε)``.
         debiasing: ``ε η`` of the debiased barycenter ``(..., m)``, else ``None``.
-        errors: row-marginal error (max over inputs, ℓ1) after each block of
-            ``inner_iterations``, ``(..., n_blocks)``, ``-1`` for blocks not run.
+        errors: the stopping error (see ``threshold`` in :func:`barycenter`) after each
+            block of ``inner_iterations``, ``(..., n_blocks)``, ``-1`` for blocks not run.
         n_iters: number of iterations run.
         converged: ``(...)`` boolean: final error below ``threshold``.
-        diverged: scalar boolean: the iterates became non-finite.
+        diverged: scalar boolean: the iterates became non-finite, or vanished where they
+            must be positive (kernel-mode underflow).
         epsilon: the ε used.
     """
 
@@ -115,8 +116,20 @@ def barycenter(
         lse_mode: log-domain updates (stable for any ε) or kernel (scaling) updates.
         debiased: the debiased barycenter of Janati et al. (2020) (square, symmetric
             cost: input and barycenter supports are the same).
-        threshold: stop when the ℓ1 row-marginal error of every input is below this.
-        inner_iterations: the error is checked every this many iterations.
+        threshold: stop when the error, in mass units (ℓ1), is at most this: the larger
+            of (i) the marginal constraint violation, ``max_s ‖P_s 1 − a_s‖₁`` over the
+            ``k`` plans (their columns equal ``b`` after each iteration) plus, debiased,
+            the self-transport's ``‖e^η ⊙ K e^η − b‖₁``, and (ii) the estimated distance
+            ``‖b − b*‖₁`` of the histogram to its limit: the last iteration's change of
+            ``b`` extrapolated geometrically with the contraction rate observed over the
+            last blocks (``d r / (1 − r)``; the factor is capped at ``max_iterations``
+            while the rate is unknown or ``r ≥ 1``). So a converged ``b`` is within about
+            ``threshold`` of the limit as long as the convergence is geometric; a
+            debiased barycenter at ε much larger than the squared spacing of the support
+            converges sublinearly and then runs to ``max_iterations``. ``0`` runs a fixed
+            number of iterations (``min_iterations = max_iterations``).
+        inner_iterations: the error is checked every this many iterations (at least two
+            blocks run before the rate is known).
         min_iterations, max_iterations: bounds on the iteration count (``converged`` is
             False if ``max_iterations`` is reached).
         implicit_diff: ``None`` (default): derivatives through the iterations (unrolled;
@@ -127,7 +140,18 @@ def barycenter(
         return_output: return a :class:`BarycenterOutput` instead of the histogram.
 
     Returns:
-        The barycenter histogram ``(..., m)``, or a :class:`BarycenterOutput`.
+        The barycenter histogram ``(..., m)``, or a :class:`BarycenterOutput` (which
+        reports failures in ``diverged`` and ``converged``).
+
+    Raises:
+        NonFiniteIterationError: histogram form, eager backends: the iterates became NaN
+            or infinite, or vanished where they must be positive (kernel mode underflows
+            at small ε: use ``lse_mode=True``). Under ``jax.jit`` and other traces,
+            ``return_output=True`` gives the flags.
+
+    Warns:
+        ConvergenceWarning: histogram form, eager backends: ``max_iterations`` was reached
+            before ``threshold`` (not with ``threshold=0``).
 
     Example:
         >>> import numpy as np, otcore as ot

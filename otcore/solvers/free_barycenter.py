@@ -174,7 +174,7 @@ def free_barycenter(
         >>> import numpy as np
         >>> from otcore import free_barycenter
         >>> y = np.random.default_rng(0).normal(size=(20, 2))
-        >>> X = free_barycenter([y - 1.0, y + 3.0], n_points=10, epsilon=0.5)
+        >>> X = free_barycenter([y - 1.0, y + 3.0], n_points=10, epsilon=0.5, threshold=1e-3)
         >>> X.shape, np.round(X.mean(0) - y.mean(0), 4)  # the mean averages the inputs'
         ((10, 2), array([1., 1.]))
     """

@@ -31,7 +31,15 @@ from otcore._lib import xp as _xp
 from otcore.errors import ConvergenceWarning
 from otcore.geometry.base import Geometry
 from otcore.implicit.system import ImplicitDiff
-from otcore.solvers.barycenter import _IBP, _adjoint_tolerances, _Options, _prepare, barycenter
+from otcore.solvers.barycenter import (
+    _IBP,
+    _adjoint_tolerances,
+    _Options,
+    _prepare,
+    barycenter,
+    quiet_float_errors,
+    report,
+)
 
 __all__: list[str] = []
 
@@ -185,14 +193,15 @@ def barycenter_vjp(call):
     cost_is_array = not isinstance(cg, Geometry)
     ibp = _IBP(geom, A, w, opts)
     history = [] if implicit_diff is None else None
-    with geom.adapter.full_precision():
+    with geom.adapter.full_precision(), quiet_float_errors():
         state = ibp.run(unrolled=False, record=history)
     out = ibp.output(state)
+    report(geom.adapter, out, opts)
     b = out.histogram
     n_args = call.n_positional
 
     def vjp_fn(cotangent):
-        with geom.adapter.full_precision():
+        with geom.adapter.full_precision(), quiet_float_errors():
             lb_bar = cotangent * b
             if implicit_diff is None:
                 acc = _reverse_unrolled(ibp, history, lb_bar, cost_is_array)

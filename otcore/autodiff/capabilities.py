@@ -344,8 +344,9 @@ _BARYCENTER_MANUAL_2 = no(
 )
 
 _FIXED_POINT_ADJOINT_FIRST_ORDER = no(
-    "the implicit (fixed-point adjoint) rule is first order: differentiated again it is not "
-    "the Hessian (checked against finite differences: JAX gives wrong values, PyTorch zeros)",
+    "the implicit (fixed-point adjoint) rule is first order (it holds the solution "
+    "constant): differentiated again, also by jax.hessian, torch double backward or "
+    "torch.func.hessian, it raises UnsupportedDerivativeError",
     "the unrolled mode (implicit_diff=None, the default), whose second derivatives are exact",
 )
 

@@ -21,6 +21,15 @@ import contextlib
 
 from otcore._lib import xp as _xp
 
+# what :meth:`Adapter.fixed_point_output`'s rule says when it is differentiated again
+FIXED_POINT_SECOND_ORDER = (
+    "the fixed-point (implicit_diff) derivative of the barycenter is first order: its "
+    "reverse rule holds the solution constant, so a second derivative through it "
+    "(jax.hessian, jax.jacfwd/jacrev of jax.grad, torch double backward, "
+    "torch.func.hessian, ot.hvp, ot.hessian) would be wrong; use implicit_diff=None "
+    "(unrolled, the default), whose second derivatives are exact"
+)
+
 
 class Adapter:
     """Eager adapter: Python loops; the convergence test is the only host sync.

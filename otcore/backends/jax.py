@@ -14,7 +14,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from otcore._lib import pytree as _pytree
-from otcore.backends.base import Adapter
+from otcore.backends.base import FIXED_POINT_SECOND_ORDER, Adapter
+from otcore.errors import UnsupportedDerivativeError
+
+
+@jax.custom_jvp
+def _first_order_only(x):
+    """The identity, whose derivative raises: marks the result of a first-order reverse
+    rule (any derivative of it, forward or reverse, goes through this JVP)."""
+    return x
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(primals, tangents):
+    raise UnsupportedDerivativeError(FIXED_POINT_SECOND_ORDER)
 
 
 class JaxAdapter(Adapter):
@@ -78,7 +91,11 @@ class JaxAdapter(Adapter):
         """``value`` (the output ``step(z, leaves)[1]`` of a solve that stopped at ``z``,
         a constant) with the reverse rule of the fixed point ``z = step(z, leaves)[0]``:
         the adjoint of ``step`` in ``z`` is iterated from 0 until it stops changing
-        (relative ``rtol``), then pulled back to ``leaves`` once (first order)."""
+        (relative ``rtol``), then pulled back to ``leaves`` once. First order only: the
+        rule holds ``z`` constant, so differentiating it again (``jax.hessian``,
+        ``jax.jacfwd(jax.grad(f))``, ``jax.jacrev(jax.grad(f))``) raises
+        :class:`~otcore.UnsupportedDerivativeError` instead of returning a wrong value;
+        forward mode itself is JAX's custom_vjp error."""
         z = tuple(lax.stop_gradient(v) for v in z)
         value = lax.stop_gradient(value)
 
@@ -104,7 +121,7 @@ class JaxAdapter(Adapter):
             lam, _, _ = lax.while_loop(
                 lambda c: c[1] & (c[2] < max_iter), body, (lam0, jnp.asarray(True), 0)
             )
-            lv_bar = pull((lam, o_bar))[1]
+            lv_bar = _first_order_only(pull((lam, o_bar))[1])
             return tuple(jnp.zeros_like(v) for v in z), jnp.zeros_like(value), lv_bar
 
         output.defvjp(fwd, bwd)

@@ -10,7 +10,8 @@ import torch
 from torch.autograd import forward_ad
 from torch.utils import _pytree
 
-from otcore.backends.base import Adapter
+from otcore.backends.base import FIXED_POINT_SECOND_ORDER, Adapter
+from otcore.errors import UnsupportedDerivativeError
 
 
 def _is_batched(x) -> bool:
@@ -469,9 +470,12 @@ class _FixedPointOutput(torch.autograd.Function):
 
     ``λ ← (∂step_z/∂z)ᵀ λ + (∂out/∂z)ᵀ ō`` is iterated from 0 (checked every 10 steps,
     relative change ``rtol``, at most ``max_iter`` steps) with ``torch.func.vjp`` of one
-    step, then pulled back to the leaves once (first order; forward mode iterates the
-    tangent instead). Under ``torch.func.vmap`` the loop runs until every batch entry
-    has converged.
+    step, then pulled back to the leaves once (forward mode iterates the tangent
+    instead). Under ``torch.func.vmap`` the loop runs until every batch entry has
+    converged. First order only: a backward that is itself differentiated (double
+    backward, ``torch.func.hessian``, ``jacrev(jacrev)``) raises
+    :class:`~otcore.UnsupportedDerivativeError` (it holds ``z`` constant, so its
+    derivative would be wrong).
     """
 
     generate_vmap_rule = True
@@ -513,6 +517,8 @@ class _FixedPointOutput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, o_bar):
+        if _records_second_order():
+            raise UnsupportedDerivativeError(FIXED_POINT_SECOND_ORDER)
         tensors = ctx.saved_tensors
         n_z, rtol, max_iter = ctx.n_z, ctx.rtol, ctx.max_iter
         z, leaves = tuple(tensors[:n_z]), tuple(tensors[n_z:])

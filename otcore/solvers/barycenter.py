@@ -23,6 +23,8 @@ adjoint.
 
 from __future__ import annotations
 
+import numpy as np
+
 from otcore._lib import checks as _checks
 from otcore._lib import keywords as _keywords
 from otcore._lib import pytree as _pytree
@@ -30,6 +32,7 @@ from otcore._lib import xp as _xp
 from otcore.geometry.base import Geometry
 from otcore.implicit.system import ImplicitDiff
 from otcore.solvers.loop import Stopping, fixed_point_loop
+from otcore.solvers.output import report_flags
 
 __all__ = ["BarycenterOutput", "barycenter"]
 
@@ -48,11 +51,12 @@ class BarycenterOutput(_pytree.AttributeNode):
         g: column potentials ``(..., k, m)`` in cost units; plan ``s`` is
             ``exp((f_s,i + g_s,j − C_ij)/ε)``.
         debiasing: ``ε η`` of the debiased barycenter ``(..., m)``, else ``None``.
-        errors: row-marginal error (max over inputs, ℓ1) after each block of
-            ``inner_iterations``, ``(..., n_blocks)``, ``-1`` for blocks not run.
+        errors: the stopping error (see ``threshold`` in :func:`barycenter`) after each
+            block of ``inner_iterations``, ``(..., n_blocks)``, ``-1`` for blocks not run.
         n_iters: number of iterations run.
         converged: ``(...)`` boolean: final error below ``threshold``.
-        diverged: scalar boolean: the iterates became non-finite.
+        diverged: scalar boolean: the iterates became non-finite, or vanished where they
+            must be positive (kernel-mode underflow).
         epsilon: the ε used.
     """
 
@@ -114,8 +118,20 @@ def barycenter(
         lse_mode: log-domain updates (stable for any ε) or kernel (scaling) updates.
         debiased: the debiased barycenter of Janati et al. (2020) (square, symmetric
             cost: input and barycenter supports are the same).
-        threshold: stop when the ℓ1 row-marginal error of every input is below this.
-        inner_iterations: the error is checked every this many iterations.
+        threshold: stop when the error, in mass units (ℓ1), is at most this: the larger
+            of (i) the marginal constraint violation, ``max_s ‖P_s 1 − a_s‖₁`` over the
+            ``k`` plans (their columns equal ``b`` after each iteration) plus, debiased,
+            the self-transport's ``‖e^η ⊙ K e^η − b‖₁``, and (ii) the estimated distance
+            ``‖b − b*‖₁`` of the histogram to its limit: the last iteration's change of
+            ``b`` extrapolated geometrically with the contraction rate observed over the
+            last blocks (``d r / (1 − r)``; the factor is capped at ``max_iterations``
+            while the rate is unknown or ``r ≥ 1``). So a converged ``b`` is within about
+            ``threshold`` of the limit as long as the convergence is geometric; a
+            debiased barycenter at ε much larger than the squared spacing of the support
+            converges sublinearly and then runs to ``max_iterations``. ``0`` runs a fixed
+            number of iterations (``min_iterations = max_iterations``).
+        inner_iterations: the error is checked every this many iterations (at least two
+            blocks run before the rate is known).
         min_iterations, max_iterations: bounds on the iteration count (``converged`` is
             False if ``max_iterations`` is reached).
         implicit_diff: ``None`` (default): derivatives through the iterations (unrolled;
@@ -126,7 +142,18 @@ def barycenter(
         return_output: return a :class:`BarycenterOutput` instead of the histogram.
 
     Returns:
-        The barycenter histogram ``(..., m)``, or a :class:`BarycenterOutput`.
+        The barycenter histogram ``(..., m)``, or a :class:`BarycenterOutput` (which
+        reports failures in ``diverged`` and ``converged``).
+
+    Raises:
+        NonFiniteIterationError: histogram form, eager backends: the iterates became NaN
+            or infinite, or vanished where they must be positive (kernel mode underflows
+            at small ε: use ``lse_mode=True``). Under ``jax.jit`` and other traces,
+            ``return_output=True`` gives the flags.
+
+    Warns:
+        ConvergenceWarning: histogram form, eager backends: ``max_iterations`` was reached
+            before ``threshold`` (not with ``threshold=0``).
 
     Example:
         >>> import numpy as np, otcore as ot
@@ -147,9 +174,36 @@ def barycenter(
         )
     geom, A, weights = _prepare(A, C_or_geometry, weights, epsilon, debiased)
     adapter = geom.adapter
-    with adapter.full_precision():
+    with adapter.full_precision(), quiet_float_errors():
         out = _solve(geom, A, weights, solver, implicit_diff)
-    return out if return_output else out.histogram
+    if return_output:
+        return out
+    report(adapter, out, solver)
+    return out.histogram
+
+
+def report(adapter, out, opts, stacklevel=4):
+    """The histogram-only form's reports (eager backends): ``NonFiniteIterationError``
+    if the iterates diverged, ``ConvergenceWarning`` if ``max_iterations`` was reached
+    first (not with ``threshold=0``, which asks for a fixed iteration count)."""
+    report_flags(
+        adapter,
+        out.diverged,
+        out.converged if opts.threshold > 0 else None,
+        what="barycenter",
+        lse_mode=opts.lse_mode,
+        threshold=opts.threshold,
+        max_iterations=opts.max_iterations,
+        stacklevel=stacklevel,
+    )
+
+
+def quiet_float_errors():
+    """NumPy's floating-point notices off (overflow, 0/0, ...) for the iterations: a
+    non-finite or vanishing iterate is detected by the loop and reported as ``diverged``
+    (and by the histogram-only form as an error), never as a ``RuntimeWarning``. Other
+    frameworks do not warn; NumPy-backed namespaces (``array_api_strict``) are covered."""
+    return np.errstate(all="ignore")
 
 
 # -- options and validation ------------------------------------------------------------
@@ -227,6 +281,8 @@ def _prepare(A, C_or_geometry, weights, epsilon, debiased):
 
 # -- the iteration ---------------------------------------------------------------------
 _VARIABLES = ("x", "y", "z", "lb")  # (φ, γ, η, log b), or kernel mode's (u, v, c, log b)
+_RATE_WINDOW = 5  # the contraction rate is the largest of the last this many blocks'
+_RATES = tuple(f"r{j}" for j in range(1, _RATE_WINDOW))
 
 
 class _IBP:
@@ -274,15 +330,22 @@ class _IBP:
             c = xp.sqrt(c * xp.exp(lb) / kern(c, axis=0))
         return u, xp.exp(lb)[..., None, :] / xi, c, lb
 
-    def error(self, x, y, z, lb):
-        """ℓ1 row-marginal error of each input, maxed over inputs: ``(...)``; debiased,
-        plus the ℓ1 marginal error of the self-transport of ``b`` (``η`` converges more
-        slowly than the inputs' potentials)."""
+    def violation(self, x, y, z, lb):
+        """The marginal constraint violation, in mass units, ``(...)``: the ℓ1 row-marginal
+        error ``‖P_s 1 − a_s‖₁`` of each plan, maxed over the inputs (the columns of
+        every plan are ``b`` after each step); debiased, plus the ℓ1 error
+        ``‖e^η ⊙ K e^η − b‖₁`` of the self-transport of ``b``. NaN where an iterate that
+        must be positive (``u_s`` where ``a_s > 0``, ``v_s``, ``e^η``, ``b``) is 0 or not
+        finite: the loop then stops as ``diverged``."""
         xp = self.xp
         if self.opts.lse_mode:
             row = xp.exp(x + self.ops.apply_lse(y, axis=1))
+            ok_x = xp.isfinite(x) | ~(self.a > 0)
+            ok_yz = xp.all(xp.isfinite(y)) & xp.all(xp.isfinite(z))
         else:
             row = x * self.ops.apply_kernel(y, axis=1)
+            ok_x = (xp.isfinite(x) & (x > 0)) | ~(self.a > 0)
+            ok_yz = xp.all(xp.isfinite(y) & (y > 0)) & xp.all(xp.isfinite(z) & (z > 0))
         err = xp.max(xp.sum(xp.abs(row - self.a), axis=-1), axis=-1)
         if self.opts.debiased:
             if self.opts.lse_mode:
@@ -290,7 +353,54 @@ class _IBP:
             else:
                 self_marginal = z * self.ops.apply_kernel(z, axis=0)
             err = err + xp.sum(xp.abs(self_marginal - xp.exp(lb)), axis=-1)
-        return err
+        ok = xp.all(ok_x) & ok_yz & xp.all(xp.isfinite(lb))
+        return xp.where(ok, err, xp.full_like(err, float("nan")))
+
+    def drift(self, t, old_lb, lb, tracker):
+        """Track the change of ``b`` per iteration (on constant values): ``d`` the ℓ1
+        change of the latest step, ``d_ref`` the change of the step before the current
+        block; at a block's last step, the block's per-iteration contraction rate
+        ``(d / d_ref)^(1/inner)``, and ``rate``, the largest of the last ``_RATE_WINDOW`` blocks'
+        rates (one block's rate can miss a slow mode still hidden under faster ones;
+        ``-inf`` until a rate is known)."""
+        xp, sg = self.xp, self.ad.stop_gradient
+        inner = self.opts.inner_iterations
+        d = xp.sum(xp.abs(xp.exp(sg(lb)) - xp.exp(sg(old_lb))), axis=-1)
+        i = t % inner
+        d_ref = xp.where(i == 0, tracker["d"], tracker["d_ref"])
+        pos = (d_ref > 0) & xp.isfinite(d_ref)
+        ratio = (d / xp.where(pos, d_ref, xp.ones_like(d_ref))) ** (1.0 / inner)
+        grows = xp.where(d > 0, xp.full_like(d, xp.inf), xp.zeros_like(d))  # from rest
+        ratio = xp.where(pos, ratio, xp.where(d_ref == 0, grows, xp.full_like(d, -xp.inf)))
+        last = i == inner - 1
+        rates = [ratio] + [tracker[key] for key in _RATES]
+        rate = rates[0]
+        for r in rates[1:]:
+            rate = xp.maximum(rate, r)
+        new = {"d": d, "d_ref": d_ref, "rate": xp.where(last, rate, tracker["rate"])}
+        for key, r in zip(_RATES, rates[:-1]):  # shift: the newest rate first
+            new[key] = xp.where(last, r, tracker[key])
+        return new
+
+    def distance_estimate(self, d, rate, lb):
+        """Estimated ℓ1 distance of ``b`` to the limit, ``(...)``: the last change ``d``
+        extrapolated geometrically, ``d r / (1 − r)``, with the factor capped at
+        ``max_iterations`` (also while the rate is not known, or ``r ≥ 1``); 0 once ``d`` is
+        at the rounding level of ``b``."""
+        xp = self.xp
+        cap = float(self.opts.max_iterations)
+        known = (rate >= 0) & (rate < 1)
+        factor = xp.where(known, rate / xp.where(known, 1 - rate, xp.ones_like(rate)), cap)
+        factor = xp.minimum(factor, xp.full_like(factor, cap))
+        noise = 64 * xp.finfo(lb.dtype).eps * xp.sum(xp.exp(self.ad.stop_gradient(lb)), axis=-1)
+        return xp.where(d <= noise, xp.zeros_like(d), d * factor)
+
+    def error(self, new):
+        """The stopping error ``(...)``: the larger of the marginal violation
+        (:meth:`violation`) and the estimated distance of ``b`` to the limit
+        (:meth:`distance_estimate`), both ℓ1 in mass units."""
+        viol = self.violation(new["x"], new["y"], new["z"], new["lb"])
+        return self.xp.maximum(viol, self.distance_estimate(new["d"], new["rate"], new["lb"]))
 
     def initial(self):
         xp = self.xp
@@ -312,16 +422,23 @@ class _IBP:
         ``record`` (a list, eager backends only) receives each step's input state
         ``(γ, η)`` in log units."""
         x0, y0, z0, lb0 = self.initial()
+        xp = self.xp
+        dt, dev = lb0.dtype, _xp.device_of(lb0)
+        inf = xp.full(self.batch, xp.inf, dtype=dt, device=dev)
+        unknown = xp.full(self.batch, -xp.inf, dtype=dt, device=dev)
+        tracker = {"d": inf, "d_ref": inf, "rate": unknown, **{key: unknown for key in _RATES}}
 
         def step(t, v):
-            return dict(zip(_VARIABLES, self.step(v["x"], v["y"], v["z"], v["lb"])))
+            new = dict(zip(_VARIABLES, self.step(v["x"], v["y"], v["z"], v["lb"])))
+            new.update(self.drift(t, v["lb"], new["lb"], v))
+            return new
 
         history = None if record is None else []
         state = fixed_point_loop(
             self.ad,
             step,
-            lambda new, old: self.error(new["x"], new["y"], new["z"], new["lb"]),
-            dict(zip(_VARIABLES, (x0, y0, z0, lb0))),
+            lambda new, old: self.error(new),
+            {**dict(zip(_VARIABLES, (x0, y0, z0, lb0))), **tracker},
             self.opts,
             batch_shape=self.batch,
             watch=("lb",),

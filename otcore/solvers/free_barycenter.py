@@ -34,7 +34,9 @@ from otcore.geometry.costs import SqEuclidean, get_cost
 from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, check_epsilon_float
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
+from otcore.solvers.barycenter import quiet_float_errors
 from otcore.solvers.loop import Stopping, fixed_point_loop
+from otcore.solvers.output import report_flags
 from otcore.solvers.sinkhorn import Sinkhorn
 
 __all__ = ["FreeBarycenterOutput", "free_barycenter"]
@@ -154,7 +156,13 @@ def free_barycenter(
 
     Returns:
         The support ``(n_points, d)`` (uniform weights), of the inputs' type, dtype and
-        device, or a :class:`FreeBarycenterOutput`.
+        device, or a :class:`FreeBarycenterOutput`. The support alone cannot carry the
+        flags: on eager backends it raises :class:`~otcore.NonFiniteIterationError` if the
+        iterates became NaN or infinite, and warns :class:`~otcore.ConvergenceWarning` if
+        ``max_iterations`` updates ran without reaching ``threshold`` (not with
+        ``threshold=0``) or an inner solve did not converge; the
+        :class:`FreeBarycenterOutput` reports them in ``diverged``, ``converged`` and
+        ``linear_converged`` instead.
 
     The update is a fixed-point iteration: it converges linearly, slowly when the
     entropic blur is strong; the mean of the support is ``Σ_s w_s Σ_j b_sj y_sj`` at
@@ -168,15 +176,45 @@ def free_barycenter(
         >>> import numpy as np
         >>> from otcore import free_barycenter
         >>> y = np.random.default_rng(0).normal(size=(20, 2))
-        >>> X = free_barycenter([y - 1.0, y + 3.0], n_points=10, epsilon=0.5)
+        >>> X = free_barycenter([y - 1.0, y + 3.0], n_points=10, epsilon=0.5, threshold=1e-3)
         >>> X.shape, np.round(X.mean(0) - y.mean(0), 4)  # the mean averages the inputs'
         ((10, 2), array([1., 1.]))
     """
     problem = _Problem(ys, bs, weights, n_points, x_init, epsilon, cost, seed)
     opts = _options(threshold, max_iterations, sinkhorn_kwargs)
-    with problem.adapter.full_precision():
+    with problem.adapter.full_precision(), quiet_float_errors():
         out = _run(problem, *opts)
-    return out if return_output else out.points
+    if return_output:
+        return out
+    _report(problem.adapter, out, *opts)
+    return out.points
+
+
+def _report(adapter, out, stopping, solver):
+    """The points-only form's reports (eager backends): ``NonFiniteIterationError`` if
+    the iterates diverged; ``ConvergenceWarning`` if ``max_iterations`` updates ran
+    without reaching ``threshold`` (not with ``threshold=0``), or if an inner solve at
+    the returned points did not reach its own threshold."""
+    report_flags(
+        adapter,
+        out.diverged,
+        out.converged if stopping.threshold > 0 else None,
+        what="free barycenter",
+        lse_mode=solver.lse_mode,
+        threshold=stopping.threshold,
+        max_iterations=stopping.max_iterations,
+        stacklevel=4,
+    )
+    report_flags(
+        adapter,
+        out.diverged,
+        out.linear_converged if solver.threshold > 0 else None,
+        what="the free barycenter's inner Sinkhorn solves",
+        lse_mode=solver.lse_mode,
+        threshold=solver.threshold,
+        max_iterations=solver.max_iterations,
+        stacklevel=4,
+    )
 
 
 # -- validation ------------------------------------------------------------------------

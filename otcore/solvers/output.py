@@ -9,7 +9,7 @@ from otcore._lib import pytree as _pytree
 from otcore._lib import xp as _xp
 from otcore.errors import ConvergenceWarning, NonFiniteIterationError
 
-__all__ = ["SinkhornOutput", "report"]
+__all__ = ["SinkhornOutput", "report", "report_flags"]
 
 
 @_pytree.register
@@ -318,12 +318,39 @@ def report(out: SinkhornOutput) -> None:
             "the entropic cost is not finite although the Sinkhorn iterates are: it "
             "overflowed" + _hint(out, overflow=True)
         )
-    if not bool(out.xp.all(out.converged)):
+    report_flags(
+        ad,
+        out.diverged,
+        out.converged,
+        what="Sinkhorn",
+        lse_mode=out.solver.lse_mode,
+        threshold=out.solver.threshold,
+        max_iterations=out.solver.max_iterations,
+        stacklevel=4,
+    )
+
+
+def report_flags(
+    adapter, diverged, converged, *, what, lse_mode, threshold, max_iterations, stacklevel=3
+) -> None:
+    """The reports of a monitored loop's flags (eager backends only; skipped when the
+    flags are traced): :class:`~otcore.NonFiniteIterationError` if ``diverged`` (with the
+    kernel-mode hint when ``lse_mode`` is False), else a
+    :class:`~otcore.ConvergenceWarning` if not every entry of ``converged`` is true
+    (``converged=None``: no warning, e.g. a fixed iteration count was asked for)."""
+    if not adapter.is_concrete(diverged):
+        return
+    if bool(diverged):
+        raise NonFiniteIterationError(
+            f"the {what} iterates became NaN or infinite"
+            + ("" if lse_mode else " (kernel mode underflows at small epsilon: use lse_mode=True)")
+        )
+    if converged is not None and not bool(adapter.xp.all(converged)):
         warnings.warn(
-            f"Sinkhorn did not converge to threshold={out.solver.threshold} within "
-            f"max_iterations={out.solver.max_iterations}",
+            f"{what} did not converge to threshold={threshold} within "
+            f"max_iterations={max_iterations}",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 

@@ -28,6 +28,7 @@ from otcore._lib.adam import Adam
 from otcore._lib.progress import progress
 from otcore.autodiff.transforms import vjp as _vjp
 from otcore.backends import adapter_for
+from otcore.errors import NonFiniteIterationError
 from otcore.geometry.base import Geometry
 from otcore.solvers.barycenter import barycenter
 from otcore.solvers.divergence import sinkhorn_divergence_costs
@@ -219,14 +220,18 @@ class WassersteinDictionary:
         bar = progress(steps, "dictionary", self.progress)
         try:
             for t in range(1, steps + 1):
-                value, params, state = step(params, state)
+                message = (
+                    f"the loss became non-finite at step {t}: lower learning_rate or raise "
+                    "epsilon (kernel mode underflows for small ε: use lse_mode=True)"
+                )
+                try:
+                    value, params, state = step(params, state)
+                except NonFiniteIterationError as err:  # the barycenters' own report
+                    raise NonFiniteIterationError(message) from err
                 history.append(float(value))
                 bar.update(1)
                 if not np.isfinite(history[-1]):
-                    raise FloatingPointError(
-                        f"the loss became non-finite at step {t}: lower learning_rate or raise "
-                        "epsilon (kernel mode underflows for small ε: use lse_mode=True)"
-                    )
+                    raise NonFiniteIterationError(message)
         finally:
             bar.close()
         return params, history

@@ -80,6 +80,7 @@ def test_case_04_nan_point_eager_is_refused(backend, cost):
         ot.reg_ot_cost(be.to_xp(x), be.to_xp(y), epsilon=0.5, cost=_cost(cost))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy on the NaN/inf inputs
 @pytest.mark.parametrize("cost", COSTS)
 def test_case_04_costs_propagate_nan_and_keep_zero_derivatives(xp, cost):
     """A NaN point gives a NaN row (an inf one a non-finite row); the cost's VJP (autodiff

@@ -371,10 +371,35 @@ def reference(case: Case) -> Reference:
     return ref
 
 
+def cost_resolution(case: Case) -> float:
+    """Bound on ``max_ij |ΔC_ij|`` that rounding the points' *directions* costs the cosine
+    cost in the tested dtype (0 for the other costs, whose differences ``x_i - y_j`` or
+    centred expansions are covered by the ``64·eps·span(C)`` term of
+    :func:`value_tolerance`).
+
+    ``1 - cos θ`` depends on the component of ``y_j`` perpendicular to ``x_i``: any
+    evaluation that rounds the unit vectors ``u = x/|x|``, ``v = y/|y|`` (or, equally,
+    the norms and the inner product) to working precision moves each by up to ``eps/2``
+    across the other, and ``c = |u - v|²/2`` then moves by up to
+    ``|u - v| · eps = sin θ · eps ≈ sqrt(c (2 - c)) · eps``: the cost's condition number
+    with respect to relative perturbations of its inputs (``|∇_x c| · |x| = sin θ``). It is
+    far above ``eps · c`` for nearly parallel vectors (clouds far from the origin: at
+    ``offset=1e5``, ``c ≈ 1e-10`` and ``sin θ ≈ 1e-5``). Bound used: ``4 · eps · max_ij
+    sqrt(C_ij (2 - C_ij))`` (twice the estimate; otcore measures about a quarter of it).
+    """
+    if case.params["cost"] != "cosine" or case.x.size == 0 or case.y.size == 0:
+        return 0.0
+    C = _cost_matrix("cosine", case.x.astype(np.float64), case.y.astype(np.float64))
+    C = np.clip(C, 0.0, 2.0)
+    return 4 * UNIT[case.dtype] * float(np.max(np.sqrt(C * (2.0 - C))))
+
+
 def value_tolerance(case: Case, ref: Reference) -> float:
     """Allowed ``|value - ref|``: the issue's relative tolerance, the dtype's resolution
     of the problem's numbers (costs and ε-scaled log-weights: a float32 solve cannot
-    resolve a 1e-12 cost at ε = 1e3) and the marginal error the threshold allows."""
+    resolve a 1e-12 cost at ε = 1e3; the cosine cost's rounding, :func:`cost_resolution`,
+    times the transported mass, since the value is Lipschitz in ``C`` with the plan's mass
+    as constant: ``∂ value / ∂C = P``) and the marginal error the threshold allows."""
     dt = case.dtype
     a64, b64 = case.a.astype(np.float64), case.b.astype(np.float64)
     mass = max(a64.sum(), b64.sum())
@@ -382,7 +407,13 @@ def value_tolerance(case: Case, ref: Reference) -> float:
     log_w = float(np.max(np.abs(np.log(pos)))) if pos.size else 0.0
     magnitude = case.cost_span + case.epsilon * (1.0 + log_w)
     thr = THRESHOLD[dt] * max(1.0, mass)
-    return RTOL[dt] * abs(ref.value) + 64 * UNIT[dt] * magnitude * mass + 4 * thr * magnitude
+    resolution = cost_resolution(case) * mass
+    return (
+        RTOL[dt] * abs(ref.value)
+        + 64 * UNIT[dt] * magnitude * mass
+        + resolution
+        + 4 * thr * magnitude
+    )
 
 
 def cost_slope(name, x, y) -> float:

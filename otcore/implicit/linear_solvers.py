@@ -32,8 +32,9 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
         adapter: the backend adapter (loops).
         matvec: ``v -> A v`` on arrays shaped like ``rhs``.
         rhs: right-hand side ``(..., k)``; for a singular ``A`` it must lie in its range.
-        precond: optional diagonal preconditioner, an array broadcastable to ``rhs``
-            holding ``1 / diag(A)`` (or any positive approximation of it).
+        precond: optional diagonal preconditioner: an array broadcastable to ``rhs``
+            holding ``1 / diag(A)`` (or any positive approximation of it), or a callable
+            ``r -> r / diag(A)`` (which stays finite where ``1 / diag(A)`` would overflow).
         rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry.
         max_iter: at most this many steps (default ``2 k + 10``).
 
@@ -51,7 +52,12 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
     xp = adapter.xp
     k = rhs.shape[-1]
     max_iter = 2 * k + 10 if max_iter is None else int(max_iter)
-    m = (lambda r: r) if precond is None else (lambda r: precond * r)
+    if precond is None:
+        m = lambda r: r  # noqa: E731
+    elif callable(precond):
+        m = precond
+    else:
+        m = lambda r: precond * r  # noqa: E731
     bnorm = xp.sqrt(_dot(xp, rhs, rhs))
     tol2 = xp.maximum(rtol * bnorm, xp.full_like(bnorm, atol)) ** 2
     x0 = xp.zeros_like(rhs)

@@ -184,25 +184,34 @@ class ImplicitSystem:
     def _schur_solve(self, z_big, z_small, d_big, d_small, m_big, m_small, to_big, to_small, first):
         """Eliminate the larger block: ``(D_s - Bᵀ D_b⁻¹ B) w_s = z_s - Bᵀ D_b⁻¹ z_b``."""
         xp = self.xp
-        inv_big = _safe_inverse(xp, d_big, m_big)
-        inv_small = _safe_inverse(xp, d_small, m_small)
+
+        # divide by the diagonals, never multiply by their inverses: a row or column of
+        # the plan that holds only subnormal values has a diagonal whose inverse
+        # overflows (1/1e-40 = inf in float32), and inf·0 is NaN, while the quotients
+        # below stay finite (|(P v)_i| <= d_i max|v|)
+        def over_big(u):
+            return _safe_divide(xp, u, d_big, m_big)
+
+        def over_small(u):
+            return _safe_divide(xp, u, d_small, m_small)
+
         opts = self.implicit.solver_kwargs
         ridge_i = float(opts.get("ridge_identity", 0.0))
         ridge_k = float(opts.get("ridge_kernel", 0.0)) if self.prob.is_balanced else 0.0
         ones_small = xp.astype(m_small, d_small.dtype)
 
         def schur(v):
-            out = d_small * v - to_small(inv_big * to_big(v))
+            out = d_small * v - to_small(over_big(to_big(v)))
             if ridge_i:
                 out = out + ridge_i * v
             if ridge_k:
                 out = out + ridge_k * xp.sum(ones_small * v, axis=-1, keepdims=True) * ones_small
             return xp.where(m_small, out, xp.zeros_like(out))
 
-        rhs = z_small - to_small(inv_big * z_big)
+        rhs = z_small - to_small(over_big(z_big))
         rhs = xp.where(m_small, rhs, xp.zeros_like(rhs))
-        w_small = self._run_solver(schur, rhs, inv_small)
-        w_big = inv_big * (z_big - to_big(w_small))
+        w_small = self._run_solver(schur, rhs, over_small)
+        w_big = over_big(z_big - to_big(w_small))
         return w_big, w_small
 
     def _run_solver(self, matvec, rhs, precond):
@@ -304,6 +313,8 @@ def _ratio(e1, rho):
     return e1 / _xp.expand_dims_right(rho, 1)
 
 
-def _safe_inverse(xp, d, mask):
+def _safe_divide(xp, u, d, mask):
+    """``u / d`` where ``mask & (d > 0)``, 0 elsewhere (removed rows, underflowed
+    diagonals); a quotient, not ``u · (1/d)``, whose inverse overflows at subnormal ``d``."""
     ok = mask & (d > 0)
-    return xp.where(ok, 1.0 / xp.where(ok, d, xp.ones_like(d)), xp.zeros_like(d))
+    return xp.where(ok, u / xp.where(ok, d, xp.ones_like(d)), xp.zeros_like(u))

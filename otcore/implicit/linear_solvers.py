@@ -35,7 +35,8 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
         precond: optional diagonal preconditioner: an array broadcastable to ``rhs``
             holding ``1 / diag(A)`` (or any positive approximation of it), or a callable
             ``r -> r / diag(A)`` (which stays finite where ``1 / diag(A)`` would overflow).
-        rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry.
+        rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry
+            (``atol`` a number or an array broadcastable to ``(..., 1)``).
         max_iter: at most this many steps (default ``2 k + 10``).
 
     Returns:
@@ -59,7 +60,8 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
     else:
         m = lambda r: precond * r  # noqa: E731
     bnorm = xp.sqrt(_dot(xp, rhs, rhs))
-    tol2 = xp.maximum(rtol * bnorm, xp.full_like(bnorm, atol)) ** 2
+    atol = xp.full_like(bnorm, atol) if isinstance(atol, (int, float)) else atol + 0 * bnorm
+    tol2 = xp.maximum(rtol * bnorm, atol) ** 2
     x0 = xp.zeros_like(rhs)
     r0 = rhs
     z0 = m(r0)

@@ -42,7 +42,8 @@ class ImplicitDiff:
             shaped like ``rhs``).
         solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule
             ``|r| <= max(rtol |b|, atol)``; defaults: ``rtol=1e-13, atol=1e-15`` in
-            float64, ``rtol=1e-5, atol=1e-8`` in float32), ``ridge_kernel`` (adds
+            float64, ``rtol=1e-5, atol=1e-8`` in float32, the default ``atol`` times
+            the plan's mass when that is below 1), ``ridge_kernel`` (adds
             ``ridge · k kᵀ`` in balanced problems) and ``ridge_identity`` (adds
             ``ridge · I``). Ridges are not needed: the null space is projected out.
         symmetric: accepted for compatibility with OTT-JAX; otcore's system is always the
@@ -221,9 +222,17 @@ class ImplicitSystem:
         if callable(solver):
             return solver(matvec, rhs, **opts)
         rtol0, atol0 = default_tolerances(rhs.dtype == xp.float64)
+        if "atol" in opts:
+            atol = opts["atol"]
+        else:
+            # the default floor is in units of the plan's mass (the system scales with
+            # it): a plan of total mass 1e-10 would otherwise stop at once, its correction
+            # dropped, wherever the right-hand side is marginal-error sized
+            mass = self.adapter.stop_gradient(xp.sum(self.r, axis=-1, keepdims=True))
+            atol = atol0 * xp.minimum(mass, xp.ones_like(mass))
         kw = {
             "rtol": opts.get("rtol", rtol0),
-            "atol": opts.get("atol", atol0),
+            "atol": atol,
             "max_iter": opts.get("max_iter"),
         }
         if solver == "normal_cg":

@@ -117,20 +117,37 @@ class ImplicitSystem:
         self.gamma_b = marginal_target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
         self.diag_a = self.r + _ratio(e1, prob.rho(prob.tau_a)) * self.gamma_a
         self.diag_b = self.c + _ratio(e1, prob.rho(prob.tau_b)) * self.gamma_b
+        # log of the diagonals, held constant (0 where removed): the scales of
+        # :meth:`conditions` and :meth:`solve` with ``scaled=True``
+        self.log_diag_a = _log_scale(xp, self.adapter, self.diag_a, self.mask_a)
+        self.log_diag_b = _log_scale(xp, self.adapter, self.diag_b, self.mask_b)
 
     # -- the operator ---------------------------------------------------------------
     def matvec(self, wu, wv):
         """``S (wu, wv)``."""
         return self.diag_a * wu + self.apply_p(wv), self.apply_pt(wu) + self.diag_b * wv
 
-    def conditions(self):
-        """``G(f, g; θ)`` (masked at zero weights): zero at the fixed point."""
+    def conditions(self, scaled: bool = False):
+        """``G(f, g; θ)`` (masked at zero weights): zero at the fixed point.
+
+        ``scaled=True``: ``D̂⁻¹ G`` with ``D̂ = diag(S)`` held constant (no derivative),
+        computed from the plan and targets divided inside their exponentials, so that
+        rows or columns whose mass is subnormal keep finite derivatives. Its pull-back of
+        ``ŵ = D̂ w`` (``solve(..., scaled=True)``) equals the pull-back of ``G`` with ``w``.
+        """
         xp = self.xp
         zero_a, zero_b = xp.zeros_like(self.r), xp.zeros_like(self.c)
-        return (
-            xp.where(self.mask_a, self.r - self.gamma_a, zero_a),
-            xp.where(self.mask_b, self.c - self.gamma_b, zero_b),
-        )
+        if not scaled:
+            ga, gb = self.r - self.gamma_a, self.c - self.gamma_b
+        else:
+            prob, e1 = self.prob, self.e1
+            la, lb = self.log_diag_a, self.log_diag_b
+            ra, _ = self.ops.marginals(self.fe - la, self.ge)
+            _, cb = self.ops.marginals(self.fe, self.ge - lb)
+            ta = marginal_target(xp, prob.a, self.f, e1, prob.rho(prob.tau_a), log_scale=la)
+            tb = marginal_target(xp, prob.b, self.g, e1, prob.rho(prob.tau_b), log_scale=lb)
+            ga, gb = ra - ta, cb - tb
+        return xp.where(self.mask_a, ga, zero_a), xp.where(self.mask_b, gb, zero_b)
 
     # -- the solve -----------------------------------------------------------------
     def _kernel(self):
@@ -149,12 +166,22 @@ class ImplicitSystem:
         t = (xp.sum(u * ka, axis=-1, keepdims=True) + xp.sum(v * kb, axis=-1, keepdims=True)) / kk
         return u - t * ka, v - t * kb
 
-    def solve(self, zu, zv):
-        """``w = S⁺ z`` (projected for balanced problems), shapes like ``(f, g)``."""
+    def solve(self, zu, zv, scaled: bool = False):
+        """``w = S⁺ z`` (projected for balanced problems), shapes like ``(f, g)``.
+
+        ``scaled=True`` returns ``ŵ = D̂ w`` (``D̂ = diag(S)``), to be pulled back through
+        ``conditions(scaled=True)``: in an unbalanced problem the larger block of ``ŵ``
+        is formed without dividing by its diagonal, so a row (or column) whose plan mass
+        is subnormal, where ``w`` itself overflows, keeps a finite cotangent.
+        """
         xp = self.xp
         zu = xp.where(self.mask_a, zu, xp.zeros_like(zu))
         zv = xp.where(self.mask_b, zv, xp.zeros_like(zv))
         zu, zv = self._project(zu, zv)
+        if scaled and self.prob.is_balanced:
+            # the gauge projection needs w itself (balanced diagonals are the weights)
+            wu, wv = self.solve(zu, zv)
+            return self.diag_a * wu, self.diag_b * wv
         n, m = self.geom.shape
         if n >= m:
             wu, wv = self._schur_solve(
@@ -167,6 +194,7 @@ class ImplicitSystem:
                 self.apply_p,
                 self.apply_pt,
                 first=True,
+                scaled=scaled,
             )
         else:
             wv, wu = self._schur_solve(
@@ -179,11 +207,19 @@ class ImplicitSystem:
                 self.apply_pt,
                 self.apply_p,
                 first=False,
+                scaled=scaled,
             )
+        if scaled:
+            return wu, wv
         return self._project(wu, wv)
 
-    def _schur_solve(self, z_big, z_small, d_big, d_small, m_big, m_small, to_big, to_small, first):
-        """Eliminate the larger block: ``(D_s - Bᵀ D_b⁻¹ B) w_s = z_s - Bᵀ D_b⁻¹ z_b``."""
+    def _schur_solve(
+        self, z_big, z_small, d_big, d_small, m_big, m_small, to_big, to_small, first, scaled
+    ):
+        """Eliminate the larger block: ``(D_s - Bᵀ D_b⁻¹ B) w_s = z_s - Bᵀ D_b⁻¹ z_b``.
+
+        ``scaled``: return ``(D_b w_b, D_s w_s)``, with ``Bᵀ D_b⁻¹`` applied as the plan
+        whose larger side is divided by its diagonal inside the exponential."""
         xp = self.xp
 
         # divide by the diagonals, never multiply by their inverses: a row or column of
@@ -209,9 +245,22 @@ class ImplicitSystem:
                 out = out + ridge_k * xp.sum(ones_small * v, axis=-1, keepdims=True) * ones_small
             return xp.where(m_small, out, xp.zeros_like(out))
 
-        rhs = z_small - to_small(over_big(z_big))
+        if scaled:
+            # Bᵀ D_b⁻¹ z_b with B's rows divided by D_b before they are summed: z_b / D_b
+            # overflows at a subnormal diagonal, the normalised plan does not
+            if first:
+                normalised = self.ops.plan_operator(self.fe - self.log_diag_a, self.ge)[1]
+            else:
+                normalised = self.ops.plan_operator(self.fe, self.ge - self.log_diag_b)[0]
+            rhs = z_small - normalised(xp.where(m_big, z_big, xp.zeros_like(z_big)))
+        else:
+            rhs = z_small - to_small(over_big(z_big))
         rhs = xp.where(m_small, rhs, xp.zeros_like(rhs))
         w_small = self._run_solver(schur, rhs, over_small)
+        if scaled:
+            w_big = z_big - to_big(w_small)
+            zero_b, zero_s = xp.zeros_like(w_big), xp.zeros_like(w_small)
+            return xp.where(m_big, w_big, zero_b), xp.where(m_small, d_small * w_small, zero_s)
         w_big = over_big(z_big - to_big(w_small))
         return w_big, w_small
 
@@ -303,17 +352,28 @@ class ImplicitSystem:
         return total
 
 
-def marginal_target(xp, w, h, e1, rho):
-    """``γ = w exp(-(h - ε log w)/ρ)`` (``w`` when balanced), 0 where ``w == 0``."""
+def marginal_target(xp, w, h, e1, rho, log_scale=None):
+    """``γ = w exp(-(h - ε log w)/ρ)`` (``w`` when balanced), 0 where ``w == 0``.
+
+    ``log_scale`` (an array like ``h``): ``γ / exp(log_scale)``, divided inside the
+    exponential (finite where ``exp(log_scale)`` is subnormal)."""
     if isinstance(rho, float) and math.isinf(rho):
-        return w
+        return w if log_scale is None else w * xp.exp(-log_scale)
     pos = w > 0
     h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * _xp.safe_log(
         xp, xp.where(pos, w, 1.0 + 0 * w)
     )
-    return xp.where(
-        pos, w * xp.exp(-h_tilde / _xp.expand_dims_right(rho, 1)), xp.zeros_like(h_tilde)
-    )
+    expo = -h_tilde / _xp.expand_dims_right(rho, 1)
+    if log_scale is not None:
+        expo = expo - log_scale
+    return xp.where(pos, w * xp.exp(expo), xp.zeros_like(h_tilde))
+
+
+def _log_scale(xp, adapter, d, mask):
+    """``log d`` held constant (no derivative), 0 where removed or underflowed."""
+    ok = mask & (d > 0)
+    d = adapter.stop_gradient(d)
+    return xp.where(ok, xp.log(xp.where(ok, d, xp.ones_like(d))), xp.zeros_like(d))
 
 
 def _ratio(e1, rho):

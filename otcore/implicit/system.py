@@ -117,10 +117,20 @@ class ImplicitSystem:
         self.gamma_b = marginal_target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
         self.diag_a = self.r + _ratio(e1, prob.rho(prob.tau_a)) * self.gamma_a
         self.diag_b = self.c + _ratio(e1, prob.rho(prob.tau_b)) * self.gamma_b
-        # log of the diagonals, held constant (0 where removed): the scales of
-        # :meth:`conditions` and :meth:`solve` with ``scaled=True``
-        self.log_diag_a = _log_scale(xp, self.adapter, self.diag_a, self.mask_a)
-        self.log_diag_b = _log_scale(xp, self.adapter, self.diag_b, self.mask_b)
+        self._log_diag = None
+
+    @property
+    def log_diags(self):
+        """``(log diag_a, log diag_b)`` held constant (no derivative), 0 where removed:
+        the scales of :meth:`conditions` and :meth:`solve` with ``scaled=True``. Formed
+        from log-sum-exps, so finite where the plan's row or column mass underflows."""
+        if self._log_diag is None:
+            prob, xp, ops, fe, ge, e1 = self.prob, self.xp, self.ops, self.fe, self.ge, self.e1
+            la = _log_diag(xp, fe + ops.apply_lse(ge, axis=1), prob.a, self.f, e1, prob, prob.tau_a)
+            lb = _log_diag(xp, ge + ops.apply_lse(fe, axis=0), prob.b, self.g, e1, prob, prob.tau_b)
+            # constant: every derivative (cost, ε, weights, potentials) is cut here
+            self._log_diag = (self.adapter.stop_gradient(la), self.adapter.stop_gradient(lb))
+        return self._log_diag
 
     # -- the operator ---------------------------------------------------------------
     def matvec(self, wu, wv):
@@ -141,7 +151,7 @@ class ImplicitSystem:
             ga, gb = self.r - self.gamma_a, self.c - self.gamma_b
         else:
             prob, e1 = self.prob, self.e1
-            la, lb = self.log_diag_a, self.log_diag_b
+            la, lb = self.log_diags
             ra, _ = self.ops.marginals(self.fe - la, self.ge)
             _, cb = self.ops.marginals(self.fe, self.ge - lb)
             ta = marginal_target(xp, prob.a, self.f, e1, prob.rho(prob.tau_a), log_scale=la)
@@ -248,10 +258,11 @@ class ImplicitSystem:
         if scaled:
             # Bᵀ D_b⁻¹ z_b with B's rows divided by D_b before they are summed: z_b / D_b
             # overflows at a subnormal diagonal, the normalised plan does not
+            la, lb = self.log_diags
             if first:
-                normalised = self.ops.plan_operator(self.fe - self.log_diag_a, self.ge)[1]
+                normalised = self.ops.plan_operator(self.fe - la, self.ge)[1]
             else:
-                normalised = self.ops.plan_operator(self.fe, self.ge - self.log_diag_b)[0]
+                normalised = self.ops.plan_operator(self.fe, self.ge - lb)[0]
             rhs = z_small - normalised(xp.where(m_big, z_big, xp.zeros_like(z_big)))
         else:
             rhs = z_small - to_small(over_big(z_big))
@@ -369,11 +380,21 @@ def marginal_target(xp, w, h, e1, rho, log_scale=None):
     return xp.where(pos, w * xp.exp(expo), xp.zeros_like(h_tilde))
 
 
-def _log_scale(xp, adapter, d, mask):
-    """``log d`` held constant (no derivative), 0 where removed or underflowed."""
-    ok = mask & (d > 0)
-    d = adapter.stop_gradient(d)
-    return xp.where(ok, xp.log(xp.where(ok, d, xp.ones_like(d))), xp.zeros_like(d))
+def _log_diag(xp, log_r, w, h, e1, prob, tau):
+    """``log(r + ε γ / ρ)`` from ``log r`` (a log-sum-exp), 0 where ``w == 0``."""
+    pos = w > 0
+    zero = xp.zeros_like(log_r)
+    log_r = xp.where(pos, log_r, zero)
+    ratio = _ratio(e1, prob.rho(tau))
+    if isinstance(ratio, float) and ratio == 0.0:
+        return log_r
+    w_safe = xp.where(pos, w, xp.ones_like(w))
+    h_safe = xp.where(pos, h, zero)
+    log_t = xp.log(ratio * xp.ones_like(log_r)) + xp.log(w_safe)
+    log_t = log_t - (h_safe - e1 * xp.log(w_safe)) / _xp.expand_dims_right(prob.rho(tau), 1)
+    top = xp.maximum(log_r, log_t)
+    out = top + xp.log(xp.exp(log_r - top) + xp.exp(log_t - top))
+    return xp.where(pos & xp.isfinite(out), out, zero)
 
 
 def _ratio(e1, rho):

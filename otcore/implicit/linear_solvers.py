@@ -25,7 +25,7 @@ def _dot(xp, u, v):
     return xp.sum(u * v, axis=-1, keepdims=True)
 
 
-def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None):
+def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None, weight=None):
     """Preconditioned conjugate gradients for a symmetric positive (semi-)definite operator.
 
     Args:
@@ -38,6 +38,9 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
         rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry
             (``atol`` a number or an array broadcastable to ``(..., 1)``).
         max_iter: at most this many steps (default ``2 k + 10``).
+        weight: optional positive array broadcastable to ``rhs``: the stopping rule then
+            measures ``|weight · r|`` and ``|weight · rhs|`` (the residual of a system
+            that was scaled by ``1/weight``, in its original units).
 
     Returns:
         The solution, shaped like ``rhs``.
@@ -59,7 +62,8 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
         m = precond
     else:
         m = lambda r: precond * r  # noqa: E731
-    bnorm = xp.sqrt(_dot(xp, rhs, rhs))
+    wt = (lambda r: r) if weight is None else (lambda r: weight * r)
+    bnorm = xp.sqrt(_dot(xp, wt(rhs), wt(rhs)))
     atol = xp.full_like(bnorm, atol) if isinstance(atol, (int, float)) else atol + 0 * bnorm
     tol2 = xp.maximum(rtol * bnorm, atol) ** 2
     x0 = xp.zeros_like(rhs)
@@ -70,7 +74,7 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
         "r": r0,
         "p": z0,
         "rz": _dot(xp, r0, z0),
-        "rr": _dot(xp, r0, r0),
+        "rr": _dot(xp, wt(r0), wt(r0)),
         "i": xp.asarray(0),
     }
 
@@ -94,7 +98,7 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
             "r": r,
             "p": z + beta * s["p"],
             "rz": rz,
-            "rr": _dot(xp, r, r),
+            "rr": _dot(xp, wt(r), wt(r)),
             "i": s["i"] + 1,
         }
 

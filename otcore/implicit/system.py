@@ -256,26 +256,63 @@ class ImplicitSystem:
             return xp.where(m_small, out, xp.zeros_like(out))
 
         if scaled:
-            # Bᵀ D_b⁻¹ z_b with B's rows divided by D_b before they are summed: z_b / D_b
-            # overflows at a subnormal diagonal, the normalised plan does not
-            la, lb = self.log_diags
-            if first:
-                normalised = self.ops.plan_operator(self.fe - la, self.ge)[1]
-            else:
-                normalised = self.ops.plan_operator(self.fe, self.ge - lb)[0]
-            rhs = z_small - normalised(xp.where(m_big, z_big, xp.zeros_like(z_big)))
-        else:
-            rhs = z_small - to_small(over_big(z_big))
+            return self._schur_solve_scaled(z_big, z_small, m_big, m_small, first)
+        rhs = z_small - to_small(over_big(z_big))
         rhs = xp.where(m_small, rhs, xp.zeros_like(rhs))
         w_small = self._run_solver(schur, rhs, over_small)
-        if scaled:
-            w_big = z_big - to_big(w_small)
-            zero_b, zero_s = xp.zeros_like(w_big), xp.zeros_like(w_small)
-            return xp.where(m_big, w_big, zero_b), xp.where(m_small, d_small * w_small, zero_s)
         w_big = over_big(z_big - to_big(w_small))
         return w_big, w_small
 
-    def _run_solver(self, matvec, rhs, precond):
+    def _schur_solve_scaled(self, z_big, z_small, m_big, m_small, first):
+        """``(D_b w_b, D_s w_s)`` of the Schur solve, every product taken with a plan
+        whose diagonals are divided inside the exponential (log-domain diagonals
+        ``l = log D``, never ``1/D``): CG runs on ``u = E⁻¹ w_s`` with ``E = exp(-s)``,
+        ``s = max(l_s/2, -cap)``, i.e. on ``E (D_s - Pᵀ D_b⁻¹ P) E`` (unit diagonal
+        unless capped), ``D_b w_b = z_b - (P E) u`` and ``D_s w_s = exp(l_s - s) u``.
+        Rows or columns of the larger block keep exact cotangents whatever their mass
+        (subnormal, or underflowed to 0); in the smaller block down to masses of about
+        ``1/max float`` (``1e-38`` in float32). Smaller-block entries of still smaller
+        mass (whose ``u`` would overflow) are left out of the system, as if decoupled:
+        finite, and their own cotangent is then ``D_s w_s = 0``.
+        """
+        xp = self.xp
+        la, lb = self.log_diags
+        l_big, l_small = (la, lb) if first else (lb, la)
+        cap = 0.45 * math.log(float(xp.finfo(l_small.dtype).max))
+        m_small = m_small & (l_small > -4 * cap)
+        s = xp.where(m_small, 0.5 * l_small, xp.zeros_like(l_small))
+
+        def pair(shift_big, shift_small):
+            """``(small -> big, big -> small)`` products with ``exp(-shift)``-scaled sides."""
+            if first:
+                return self.ops.plan_operator(self.fe - shift_big, self.ge - shift_small)
+            to_small, to_big = self.ops.plan_operator(self.fe - shift_small, self.ge - shift_big)
+            return to_big, to_small
+
+        q_big, q_small = pair(0.5 * l_big, s)  # D_b^{-1/2} P E and its transpose
+        _, r_small = pair(l_big, s)  # (D_b⁻¹ P E)ᵀ
+        pe_big, _ = pair(xp.zeros_like(l_big), s)  # P E
+        diag = xp.where(m_small, xp.exp(l_small - 2 * s), xp.ones_like(s))
+        ridge_i = float(self.implicit.solver_kwargs.get("ridge_identity", 0.0))
+        zero_s = xp.zeros_like(z_small)
+
+        def schur(u):
+            out = diag * u - q_small(q_big(u))
+            if ridge_i:
+                out = out + ridge_i * xp.exp(-2 * s) * u
+            return xp.where(m_small, out, zero_s)
+
+        z_big = xp.where(m_big, z_big, xp.zeros_like(z_big))
+        rhs = xp.where(m_small, xp.exp(-s) * z_small - r_small(z_big), zero_s)
+        # the stopping rule in the units of the unscaled system (r · exp(s)): scaled
+        # residuals of tiny-mass entries would otherwise hide all the others
+        u = self._run_solver(
+            schur, rhs, lambda r: xp.where(m_small, r / diag, zero_s), weight=xp.exp(s)
+        )
+        w_big = xp.where(m_big, z_big - pe_big(u), xp.zeros_like(z_big))
+        return w_big, xp.where(m_small, xp.exp(l_small - s) * u, zero_s)
+
+    def _run_solver(self, matvec, rhs, precond, weight=None):
         xp = self.xp
         opts = dict(self.implicit.solver_kwargs)
         solver = self.implicit.solver
@@ -297,7 +334,7 @@ class ImplicitSystem:
         }
         if solver == "normal_cg":
             return normal_cg(self.adapter, matvec, rhs, **kw)
-        return cg(self.adapter, matvec, rhs, precond=precond, **kw)
+        return cg(self.adapter, matvec, rhs, precond=precond, weight=weight, **kw)
 
     # -- pulling back --------------------------------------------------------------
     def pullback(self, wu, wv):

@@ -164,8 +164,8 @@ def test_torch_float32_potential_cotangent_with_underflowed_plan_mass(case):
     for g, ref in ((gx, rx), (gy, ry)):
         assert g.dtype == np.float32
         assert np.all(np.isfinite(g)), g
-        # float32 potentials of a subnormal row: about 16 bits
-        np.testing.assert_allclose(g, ref, rtol=5e-4, atol=3e-4 * np.max(np.abs(ref)))
+        # float32 potentials ~1e3 ε: exponents good to ~1e-4 (float64 ref: same rounded inputs)
+        np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-3 * np.max(np.abs(ref)))
 
 
 def test_torch_float64_potential_cotangent_matches_finite_differences():

@@ -270,10 +270,10 @@ class ImplicitSystem:
         ``s = max(l_s/2, -cap)``, i.e. on ``E (D_s - Pᵀ D_b⁻¹ P) E`` (unit diagonal
         unless capped), ``D_b w_b = z_b - (P E) u`` and ``D_s w_s = exp(l_s - s) u``.
         Rows or columns of the larger block keep exact cotangents whatever their mass
-        (subnormal, or underflowed to 0); in the smaller block down to masses of about
-        ``1/max float`` (``1e-38`` in float32). Smaller-block entries of still smaller
-        mass (whose ``u`` would overflow) are left out of the system, as if decoupled:
-        finite, and their own cotangent is then ``D_s w_s = 0``.
+        (subnormal, or underflowed to 0); in the smaller block down to masses of
+        ``exp(-4 cap) = max float ** -1.8`` (about ``1e-69`` in float32). Smaller-block
+        entries of still smaller mass (whose ``u`` would overflow) are left out of the
+        system, as if decoupled: finite, and their own cotangent is then ``D_s w_s = 0``.
         """
         xp = self.xp
         la, lb = self.log_diags

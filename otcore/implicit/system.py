@@ -267,8 +267,9 @@ class ImplicitSystem:
         """``(D_b w_b, D_s w_s)`` of the Schur solve, every product taken with a plan
         whose diagonals are divided inside the exponential (log-domain diagonals
         ``l = log D``, never ``1/D``): CG runs on ``u = E⁻¹ w_s`` with ``E = exp(-s)``,
-        ``s = max(l_s/2, -cap)``, i.e. on ``E (D_s - Pᵀ D_b⁻¹ P) E`` (unit diagonal
-        unless capped), ``D_b w_b = z_b - (P E) u`` and ``D_s w_s = exp(l_s - s) u``.
+        ``s = l_s/2``, i.e. on ``E (D_s - Pᵀ D_b⁻¹ P) E`` (unit diagonal part), with
+        ``D_b w_b = z_b - (P E) u`` and ``D_s w_s = exp(l_s - s) u``; ``cap`` is
+        ``0.45 log(max float)``.
         Rows or columns of the larger block keep exact cotangents whatever their mass
         (subnormal, or underflowed to 0); in the smaller block down to masses of
         ``exp(-4 cap) = max float ** -1.8`` (about ``1e-69`` in float32). Smaller-block

@@ -53,37 +53,23 @@ class JaxAdapter(Adapter):
             f_c, g_c, lv = primals
             lv_dot = tangents[2]
             fz, gz = attach(f_c, g_c, lv)
-            # the scaled conditions D̂⁻¹G (D̂ = diag(S), a constant): ż = -ε (D̂⁻¹S)⁻¹ D̂⁻¹Ġ,
-            # whose transpose pulls back D̂ w (finite where a plan row's mass is subnormal
-            # or underflows, where w itself overflows) through D̂⁻¹G
-            _, g_dot = jax.jvp(
-                lambda p: make_system(p, fz, gz).conditions(scaled=True), (lv,), (lv_dot,)
-            )
+            _, g_dot = jax.jvp(lambda p: make_system(p, fz, gz).conditions(), (lv,), (lv_dot,))
             system = make_system(lv, fz, gz)
             n = fz.shape[-1]
-            la, lb = system.log_diags
-            da, db = jnp.exp(la), jnp.exp(lb)
 
             def split(w):
                 return w[..., :n], w[..., n:]
 
             def matvec(w):
-                su, sv = system.matvec(*split(w))
-                return jnp.concatenate((su / da, sv / db), axis=-1)
+                return jnp.concatenate(system.matvec(*split(w)), axis=-1)
 
             def solve(_matvec, rhs):
-                ru, rv = split(rhs)
-                return jnp.concatenate(system.solve(da * ru, db * rv), axis=-1)
-
-            def transpose_solve(_vecmat, rhs):
-                return jnp.concatenate(system.solve(*split(rhs), scaled=True), axis=-1)
+                return jnp.concatenate(system.solve(*split(rhs)), axis=-1)
 
             # one array right-hand side: custom_linear_solve transposes only when every
             # leaf of it is linear in the tangents (a direction may move only G_a)
             rhs = -system.e1 * jnp.concatenate(g_dot, axis=-1)
-            z_dot = split(
-                lax.custom_linear_solve(matvec, rhs, solve, transpose_solve=transpose_solve)
-            )
+            z_dot = split(lax.custom_linear_solve(matvec, rhs, solve, symmetric=True))
             return (fz, gz), z_dot
 
         return attach(f, g, leaves)

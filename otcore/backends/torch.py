@@ -374,10 +374,13 @@ class _ImplicitPotentials(torch.autograd.Function):
                 # linear in its right-hand side even where that is zero in value (the
                 # envelope rule's cotangent), and differentiable in the system itself
                 wu, wv = _LinearSolve.apply(make_system, f_bar, g_bar, f, g, *leaves)
+                scaled = False
             else:
-                wu, wv = system.solve(f_bar, g_bar)
+                # D̂ w and D̂⁻¹ G: finite where a plan row's mass is subnormal
+                wu, wv = system.solve(f_bar, g_bar, scaled=True)
+                scaled = True
             e1 = system.e1
-            _, pull = _vjp(lambda *lv: make_system(lv, f, g).conditions(), *leaves)
+            _, pull = _vjp(lambda *lv: make_system(lv, f, g).conditions(scaled), *leaves)
             grads = pull((-e1 * wu, -e1 * wv))
         return (None, None, None, *grads)
 

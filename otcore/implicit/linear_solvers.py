@@ -25,17 +25,22 @@ def _dot(xp, u, v):
     return xp.sum(u * v, axis=-1, keepdims=True)
 
 
-def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None):
+def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None, weight=None):
     """Preconditioned conjugate gradients for a symmetric positive (semi-)definite operator.
 
     Args:
         adapter: the backend adapter (loops).
         matvec: ``v -> A v`` on arrays shaped like ``rhs``.
         rhs: right-hand side ``(..., k)``; for a singular ``A`` it must lie in its range.
-        precond: optional diagonal preconditioner, an array broadcastable to ``rhs``
-            holding ``1 / diag(A)`` (or any positive approximation of it).
-        rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry.
+        precond: optional diagonal preconditioner: an array broadcastable to ``rhs``
+            holding ``1 / diag(A)`` (or any positive approximation of it), or a callable
+            ``r -> r / diag(A)`` (which stays finite where ``1 / diag(A)`` would overflow).
+        rtol, atol: stop when ``|r| <= max(rtol |rhs|, atol)`` for every batch entry
+            (``atol`` a number or an array broadcastable to ``(..., 1)``).
         max_iter: at most this many steps (default ``2 k + 10``).
+        weight: optional positive array broadcastable to ``rhs``: the stopping rule then
+            measures ``|weight · r|`` and ``|weight · rhs|`` (the residual of a system
+            that was scaled by ``1/weight``, in its original units).
 
     Returns:
         The solution, shaped like ``rhs``.
@@ -51,9 +56,16 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
     xp = adapter.xp
     k = rhs.shape[-1]
     max_iter = 2 * k + 10 if max_iter is None else int(max_iter)
-    m = (lambda r: r) if precond is None else (lambda r: precond * r)
-    bnorm = xp.sqrt(_dot(xp, rhs, rhs))
-    tol2 = xp.maximum(rtol * bnorm, xp.full_like(bnorm, atol)) ** 2
+    if precond is None:
+        m = lambda r: r  # noqa: E731
+    elif callable(precond):
+        m = precond
+    else:
+        m = lambda r: precond * r  # noqa: E731
+    wt = (lambda r: r) if weight is None else (lambda r: weight * r)
+    bnorm = xp.sqrt(_dot(xp, wt(rhs), wt(rhs)))
+    atol = xp.full_like(bnorm, atol) if isinstance(atol, (int, float)) else atol + 0 * bnorm
+    tol2 = xp.maximum(rtol * bnorm, atol) ** 2
     x0 = xp.zeros_like(rhs)
     r0 = rhs
     z0 = m(r0)
@@ -62,7 +74,7 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
         "r": r0,
         "p": z0,
         "rz": _dot(xp, r0, z0),
-        "rr": _dot(xp, r0, r0),
+        "rr": _dot(xp, wt(r0), wt(r0)),
         "i": xp.asarray(0),
     }
 
@@ -86,7 +98,7 @@ def cg(adapter, matvec, rhs, *, precond=None, rtol=1e-6, atol=0.0, max_iter=None
             "r": r,
             "p": z + beta * s["p"],
             "rz": rz,
-            "rr": _dot(xp, r, r),
+            "rr": _dot(xp, wt(r), wt(r)),
             "i": s["i"] + 1,
         }
 

@@ -42,7 +42,8 @@ class ImplicitDiff:
             shaped like ``rhs``).
         solver_kwargs: ``rtol``, ``atol``, ``max_iter`` (stopping rule
             ``|r| <= max(rtol |b|, atol)``; defaults: ``rtol=1e-13, atol=1e-15`` in
-            float64, ``rtol=1e-5, atol=1e-8`` in float32), ``ridge_kernel`` (adds
+            float64, ``rtol=1e-5, atol=1e-8`` in float32, the default ``atol`` times
+            the plan's mass when that is below 1), ``ridge_kernel`` (adds
             ``ridge · k kᵀ`` in balanced problems) and ``ridge_identity`` (adds
             ``ridge · I``). Ridges are not needed: the null space is projected out.
         symmetric: accepted for compatibility with OTT-JAX; otcore's system is always the
@@ -116,20 +117,47 @@ class ImplicitSystem:
         self.gamma_b = marginal_target(xp, prob.b, g, e1, prob.rho(prob.tau_b))
         self.diag_a = self.r + _ratio(e1, prob.rho(prob.tau_a)) * self.gamma_a
         self.diag_b = self.c + _ratio(e1, prob.rho(prob.tau_b)) * self.gamma_b
+        self._log_diag = None
+
+    @property
+    def log_diags(self):
+        """``(log diag_a, log diag_b)`` held constant (no derivative), 0 where removed:
+        the scales of :meth:`conditions` and :meth:`solve` with ``scaled=True``. Formed
+        from log-sum-exps, so finite where the plan's row or column mass underflows."""
+        if self._log_diag is None:
+            prob, xp, ops, fe, ge, e1 = self.prob, self.xp, self.ops, self.fe, self.ge, self.e1
+            la = _log_diag(xp, fe + ops.apply_lse(ge, axis=1), prob.a, self.f, e1, prob, prob.tau_a)
+            lb = _log_diag(xp, ge + ops.apply_lse(fe, axis=0), prob.b, self.g, e1, prob, prob.tau_b)
+            # constant: every derivative (cost, ε, weights, potentials) is cut here
+            self._log_diag = (self.adapter.stop_gradient(la), self.adapter.stop_gradient(lb))
+        return self._log_diag
 
     # -- the operator ---------------------------------------------------------------
     def matvec(self, wu, wv):
         """``S (wu, wv)``."""
         return self.diag_a * wu + self.apply_p(wv), self.apply_pt(wu) + self.diag_b * wv
 
-    def conditions(self):
-        """``G(f, g; θ)`` (masked at zero weights): zero at the fixed point."""
+    def conditions(self, scaled: bool = False):
+        """``G(f, g; θ)`` (masked at zero weights): zero at the fixed point.
+
+        ``scaled=True``: ``D̂⁻¹ G`` with ``D̂ = diag(S)`` held constant (no derivative),
+        computed from the plan and targets divided inside their exponentials, so that
+        rows or columns whose mass is subnormal keep finite derivatives. Its pull-back of
+        ``ŵ = D̂ w`` (``solve(..., scaled=True)``) equals the pull-back of ``G`` with ``w``.
+        """
         xp = self.xp
         zero_a, zero_b = xp.zeros_like(self.r), xp.zeros_like(self.c)
-        return (
-            xp.where(self.mask_a, self.r - self.gamma_a, zero_a),
-            xp.where(self.mask_b, self.c - self.gamma_b, zero_b),
-        )
+        if not scaled:
+            ga, gb = self.r - self.gamma_a, self.c - self.gamma_b
+        else:
+            prob, e1 = self.prob, self.e1
+            la, lb = self.log_diags
+            ra, _ = self.ops.marginals(self.fe - la, self.ge)
+            _, cb = self.ops.marginals(self.fe, self.ge - lb)
+            ta = marginal_target(xp, prob.a, self.f, e1, prob.rho(prob.tau_a), log_scale=la)
+            tb = marginal_target(xp, prob.b, self.g, e1, prob.rho(prob.tau_b), log_scale=lb)
+            ga, gb = ra - ta, cb - tb
+        return xp.where(self.mask_a, ga, zero_a), xp.where(self.mask_b, gb, zero_b)
 
     # -- the solve -----------------------------------------------------------------
     def _kernel(self):
@@ -148,12 +176,22 @@ class ImplicitSystem:
         t = (xp.sum(u * ka, axis=-1, keepdims=True) + xp.sum(v * kb, axis=-1, keepdims=True)) / kk
         return u - t * ka, v - t * kb
 
-    def solve(self, zu, zv):
-        """``w = S⁺ z`` (projected for balanced problems), shapes like ``(f, g)``."""
+    def solve(self, zu, zv, scaled: bool = False):
+        """``w = S⁺ z`` (projected for balanced problems), shapes like ``(f, g)``.
+
+        ``scaled=True`` returns ``ŵ = D̂ w`` (``D̂ = diag(S)``), to be pulled back through
+        ``conditions(scaled=True)``: in an unbalanced problem the larger block of ``ŵ``
+        is formed without dividing by its diagonal, so a row (or column) whose plan mass
+        is subnormal, where ``w`` itself overflows, keeps a finite cotangent.
+        """
         xp = self.xp
         zu = xp.where(self.mask_a, zu, xp.zeros_like(zu))
         zv = xp.where(self.mask_b, zv, xp.zeros_like(zv))
         zu, zv = self._project(zu, zv)
+        if scaled and self.prob.is_balanced:
+            # the gauge projection needs w itself (balanced diagonals are the weights)
+            wu, wv = self.solve(zu, zv)
+            return self.diag_a * wu, self.diag_b * wv
         n, m = self.geom.shape
         if n >= m:
             wu, wv = self._schur_solve(
@@ -166,6 +204,7 @@ class ImplicitSystem:
                 self.apply_p,
                 self.apply_pt,
                 first=True,
+                scaled=scaled,
             )
         else:
             wv, wu = self._schur_solve(
@@ -178,48 +217,125 @@ class ImplicitSystem:
                 self.apply_pt,
                 self.apply_p,
                 first=False,
+                scaled=scaled,
             )
+        if scaled:
+            return wu, wv
         return self._project(wu, wv)
 
-    def _schur_solve(self, z_big, z_small, d_big, d_small, m_big, m_small, to_big, to_small, first):
-        """Eliminate the larger block: ``(D_s - Bᵀ D_b⁻¹ B) w_s = z_s - Bᵀ D_b⁻¹ z_b``."""
+    def _schur_solve(
+        self, z_big, z_small, d_big, d_small, m_big, m_small, to_big, to_small, first, scaled
+    ):
+        """Eliminate the larger block: ``(D_s - Bᵀ D_b⁻¹ B) w_s = z_s - Bᵀ D_b⁻¹ z_b``.
+
+        ``scaled``: return ``(D_b w_b, D_s w_s)``, with ``Bᵀ D_b⁻¹`` applied as the plan
+        whose larger side is divided by its diagonal inside the exponential."""
         xp = self.xp
-        inv_big = _safe_inverse(xp, d_big, m_big)
-        inv_small = _safe_inverse(xp, d_small, m_small)
+
+        # divide by the diagonals, never multiply by their inverses: a row or column of
+        # the plan that holds only subnormal values has a diagonal whose inverse
+        # overflows (1/1e-40 = inf in float32), and inf·0 is NaN, while the quotients
+        # below stay finite (|(P v)_i| <= d_i max|v|)
+        def over_big(u):
+            return _safe_divide(xp, u, d_big, m_big)
+
+        def over_small(u):
+            return _safe_divide(xp, u, d_small, m_small)
+
         opts = self.implicit.solver_kwargs
         ridge_i = float(opts.get("ridge_identity", 0.0))
         ridge_k = float(opts.get("ridge_kernel", 0.0)) if self.prob.is_balanced else 0.0
         ones_small = xp.astype(m_small, d_small.dtype)
 
         def schur(v):
-            out = d_small * v - to_small(inv_big * to_big(v))
+            out = d_small * v - to_small(over_big(to_big(v)))
             if ridge_i:
                 out = out + ridge_i * v
             if ridge_k:
                 out = out + ridge_k * xp.sum(ones_small * v, axis=-1, keepdims=True) * ones_small
             return xp.where(m_small, out, xp.zeros_like(out))
 
-        rhs = z_small - to_small(inv_big * z_big)
+        if scaled:
+            return self._schur_solve_scaled(z_big, z_small, m_big, m_small, first)
+        rhs = z_small - to_small(over_big(z_big))
         rhs = xp.where(m_small, rhs, xp.zeros_like(rhs))
-        w_small = self._run_solver(schur, rhs, inv_small)
-        w_big = inv_big * (z_big - to_big(w_small))
+        w_small = self._run_solver(schur, rhs, over_small)
+        w_big = over_big(z_big - to_big(w_small))
         return w_big, w_small
 
-    def _run_solver(self, matvec, rhs, precond):
+    def _schur_solve_scaled(self, z_big, z_small, m_big, m_small, first):
+        """``(D_b w_b, D_s w_s)`` of the Schur solve, every product taken with a plan
+        whose diagonals are divided inside the exponential (log-domain diagonals
+        ``l = log D``, never ``1/D``): CG runs on ``u = E⁻¹ w_s`` with ``E = exp(-s)``,
+        ``s = l_s/2``, i.e. on ``E (D_s - Pᵀ D_b⁻¹ P) E`` (unit diagonal part), with
+        ``D_b w_b = z_b - (P E) u`` and ``D_s w_s = exp(l_s - s) u``; ``cap`` is
+        ``0.45 log(max float)``.
+        Rows or columns of the larger block keep exact cotangents whatever their mass
+        (subnormal, or underflowed to 0); in the smaller block down to masses of
+        ``exp(-4 cap) = max float ** -1.8`` (about ``1e-69`` in float32). Smaller-block
+        entries of still smaller mass (whose ``u`` would overflow) are left out of the
+        system, as if decoupled: finite, and their own cotangent is then ``D_s w_s = 0``.
+        """
+        xp = self.xp
+        la, lb = self.log_diags
+        l_big, l_small = (la, lb) if first else (lb, la)
+        cap = 0.45 * math.log(float(xp.finfo(l_small.dtype).max))
+        m_small = m_small & (l_small > -4 * cap)
+        s = xp.where(m_small, 0.5 * l_small, xp.zeros_like(l_small))
+
+        def pair(shift_big, shift_small):
+            """``(small -> big, big -> small)`` products with ``exp(-shift)``-scaled sides."""
+            if first:
+                return self.ops.plan_operator(self.fe - shift_big, self.ge - shift_small)
+            to_small, to_big = self.ops.plan_operator(self.fe - shift_small, self.ge - shift_big)
+            return to_big, to_small
+
+        q_big, q_small = pair(0.5 * l_big, s)  # D_b^{-1/2} P E and its transpose
+        _, r_small = pair(l_big, s)  # (D_b⁻¹ P E)ᵀ
+        pe_big, _ = pair(xp.zeros_like(l_big), s)  # P E
+        diag = xp.where(m_small, xp.exp(l_small - 2 * s), xp.ones_like(s))
+        ridge_i = float(self.implicit.solver_kwargs.get("ridge_identity", 0.0))
+        zero_s = xp.zeros_like(z_small)
+
+        def schur(u):
+            out = diag * u - q_small(q_big(u))
+            if ridge_i:
+                out = out + ridge_i * xp.exp(-2 * s) * u
+            return xp.where(m_small, out, zero_s)
+
+        z_big = xp.where(m_big, z_big, xp.zeros_like(z_big))
+        rhs = xp.where(m_small, xp.exp(-s) * z_small - r_small(z_big), zero_s)
+        # the stopping rule in the units of the unscaled system (r · exp(s)): scaled
+        # residuals of tiny-mass entries would otherwise hide all the others
+        u = self._run_solver(
+            schur, rhs, lambda r: xp.where(m_small, r / diag, zero_s), weight=xp.exp(s)
+        )
+        w_big = xp.where(m_big, z_big - pe_big(u), xp.zeros_like(z_big))
+        return w_big, xp.where(m_small, xp.exp(l_small - s) * u, zero_s)
+
+    def _run_solver(self, matvec, rhs, precond, weight=None):
         xp = self.xp
         opts = dict(self.implicit.solver_kwargs)
         solver = self.implicit.solver
         if callable(solver):
             return solver(matvec, rhs, **opts)
         rtol0, atol0 = default_tolerances(rhs.dtype == xp.float64)
+        if "atol" in opts:
+            atol = opts["atol"]
+        else:
+            # the default floor is in units of the plan's mass (the system scales with
+            # it): a plan of total mass 1e-10 would otherwise stop at once, its correction
+            # dropped, wherever the right-hand side is marginal-error sized
+            mass = self.adapter.stop_gradient(xp.sum(self.r, axis=-1, keepdims=True))
+            atol = atol0 * xp.minimum(mass, xp.ones_like(mass))
         kw = {
             "rtol": opts.get("rtol", rtol0),
-            "atol": opts.get("atol", atol0),
+            "atol": atol,
             "max_iter": opts.get("max_iter"),
         }
         if solver == "normal_cg":
             return normal_cg(self.adapter, matvec, rhs, **kw)
-        return cg(self.adapter, matvec, rhs, precond=precond, **kw)
+        return cg(self.adapter, matvec, rhs, precond=precond, weight=weight, **kw)
 
     # -- pulling back --------------------------------------------------------------
     def pullback(self, wu, wv):
@@ -285,17 +401,38 @@ class ImplicitSystem:
         return total
 
 
-def marginal_target(xp, w, h, e1, rho):
-    """``γ = w exp(-(h - ε log w)/ρ)`` (``w`` when balanced), 0 where ``w == 0``."""
+def marginal_target(xp, w, h, e1, rho, log_scale=None):
+    """``γ = w exp(-(h - ε log w)/ρ)`` (``w`` when balanced), 0 where ``w == 0``.
+
+    ``log_scale`` (an array like ``h``): ``γ / exp(log_scale)``, divided inside the
+    exponential (finite where ``exp(log_scale)`` is subnormal)."""
     if isinstance(rho, float) and math.isinf(rho):
-        return w
+        return w if log_scale is None else w * xp.exp(-log_scale)
     pos = w > 0
     h_tilde = xp.where(pos, h, xp.zeros_like(h)) - e1 * _xp.safe_log(
         xp, xp.where(pos, w, 1.0 + 0 * w)
     )
-    return xp.where(
-        pos, w * xp.exp(-h_tilde / _xp.expand_dims_right(rho, 1)), xp.zeros_like(h_tilde)
-    )
+    expo = -h_tilde / _xp.expand_dims_right(rho, 1)
+    if log_scale is not None:
+        expo = expo - log_scale
+    return xp.where(pos, w * xp.exp(expo), xp.zeros_like(h_tilde))
+
+
+def _log_diag(xp, log_r, w, h, e1, prob, tau):
+    """``log(r + ε γ / ρ)`` from ``log r`` (a log-sum-exp), 0 where ``w == 0``."""
+    pos = w > 0
+    zero = xp.zeros_like(log_r)
+    log_r = xp.where(pos, log_r, zero)
+    ratio = _ratio(e1, prob.rho(tau))
+    if isinstance(ratio, float) and ratio == 0.0:
+        return log_r
+    w_safe = xp.where(pos, w, xp.ones_like(w))
+    h_safe = xp.where(pos, h, zero)
+    log_t = xp.log(ratio * xp.ones_like(log_r)) + xp.log(w_safe)
+    log_t = log_t - (h_safe - e1 * xp.log(w_safe)) / _xp.expand_dims_right(prob.rho(tau), 1)
+    top = xp.maximum(log_r, log_t)
+    out = top + xp.log(xp.exp(log_r - top) + xp.exp(log_t - top))
+    return xp.where(pos & xp.isfinite(out), out, zero)
 
 
 def _ratio(e1, rho):
@@ -304,6 +441,8 @@ def _ratio(e1, rho):
     return e1 / _xp.expand_dims_right(rho, 1)
 
 
-def _safe_inverse(xp, d, mask):
+def _safe_divide(xp, u, d, mask):
+    """``u / d`` where ``mask & (d > 0)``, 0 elsewhere (removed rows, underflowed
+    diagonals); a quotient, not ``u · (1/d)``, whose inverse overflows at subnormal ``d``."""
     ok = mask & (d > 0)
-    return xp.where(ok, 1.0 / xp.where(ok, d, xp.ones_like(d)), xp.zeros_like(d))
+    return xp.where(ok, u / xp.where(ok, d, xp.ones_like(d)), xp.zeros_like(u))

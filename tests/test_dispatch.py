@@ -35,6 +35,7 @@ HOOKS = (
     "fixed_point_output",
     "cost_vjp",
     "full_precision",
+    "quiet_float_errors",
     "logsumexp",
     "training",
 )
@@ -84,7 +85,9 @@ def test_each_adapter_implements_or_inherits_each_hook(name):
         assert not missing, f"{name} inherits eager-only hooks {missing}"
     else:
         # eager backends without autodiff deliberately inherit the portable versions
-        assert overridden <= {"logsumexp", "full_precision", "cost_vjp"}, overridden
+        assert overridden <= {"logsumexp", "full_precision", "quiet_float_errors", "cost_vjp"}, (
+            overridden
+        )
 
 
 @pytest.mark.parametrize("name", ["numpy", "array_api_strict"])

@@ -37,7 +37,6 @@ from otcore.solvers.barycenter import (
     _Options,
     _prepare,
     barycenter,
-    quiet_float_errors,
     report,
 )
 
@@ -193,7 +192,7 @@ def barycenter_vjp(call):
     cost_is_array = not isinstance(cg, Geometry)
     ibp = _IBP(geom, A, w, opts)
     history = [] if implicit_diff is None else None
-    with geom.adapter.full_precision(), quiet_float_errors():
+    with geom.adapter.full_precision(), geom.adapter.quiet_float_errors():
         state = ibp.run(unrolled=False, record=history)
     out = ibp.output(state)
     report(geom.adapter, out, opts)
@@ -201,7 +200,7 @@ def barycenter_vjp(call):
     n_args = call.n_positional
 
     def vjp_fn(cotangent):
-        with geom.adapter.full_precision(), quiet_float_errors():
+        with geom.adapter.full_precision(), geom.adapter.quiet_float_errors():
             lb_bar = cotangent * b
             if implicit_diff is None:
                 acc = _reverse_unrolled(ibp, history, lb_bar, cost_is_array)

@@ -172,6 +172,12 @@ class Adapter:
         """Context in which matrix products run in full precision (no TF32 shortcuts)."""
         return contextlib.nullcontext()
 
+    def quiet_float_errors(self):
+        """Context in which the library emits no floating-point notices (overflow, 0/0):
+        solvers detect a non-finite or vanishing iterate themselves and report it through
+        ``diverged``. Nothing to silence by default."""
+        return contextlib.nullcontext()
+
     def logsumexp(self, x, axis: int):
         """``log(sum(exp(x), axis))``, ``-inf``-safe (see :func:`otcore._lib.xp.logsumexp`).
 

@@ -23,8 +23,6 @@ adjoint.
 
 from __future__ import annotations
 
-import numpy as np
-
 from otcore._lib import checks as _checks
 from otcore._lib import keywords as _keywords
 from otcore._lib import pytree as _pytree
@@ -174,7 +172,7 @@ def barycenter(
         )
     geom, A, weights = _prepare(A, C_or_geometry, weights, epsilon, debiased)
     adapter = geom.adapter
-    with adapter.full_precision(), quiet_float_errors():
+    with adapter.full_precision(), adapter.quiet_float_errors():
         out = _solve(geom, A, weights, solver, implicit_diff)
     if return_output:
         return out
@@ -196,14 +194,6 @@ def report(adapter, out, opts, stacklevel=4):
         max_iterations=opts.max_iterations,
         stacklevel=stacklevel,
     )
-
-
-def quiet_float_errors():
-    """NumPy's floating-point notices off (overflow, 0/0, ...) for the iterations: a
-    non-finite or vanishing iterate is detected by the loop and reported as ``diverged``
-    (and by the histogram-only form as an error), never as a ``RuntimeWarning``. Other
-    frameworks do not warn; NumPy-backed namespaces (``array_api_strict``) are covered."""
-    return np.errstate(all="ignore")
 
 
 # -- options and validation ------------------------------------------------------------

@@ -34,7 +34,6 @@ from otcore.geometry.costs import SqEuclidean, get_cost
 from otcore.geometry.epsilon import DEFAULT_EPSILON_SCALE, check_epsilon_float
 from otcore.geometry.pointcloud import PointCloud
 from otcore.problem import LinearProblem
-from otcore.solvers.barycenter import quiet_float_errors
 from otcore.solvers.loop import Stopping, fixed_point_loop
 from otcore.solvers.output import report_flags
 from otcore.solvers.sinkhorn import Sinkhorn
@@ -182,7 +181,7 @@ def free_barycenter(
     """
     problem = _Problem(ys, bs, weights, n_points, x_init, epsilon, cost, seed)
     opts = _options(threshold, max_iterations, sinkhorn_kwargs)
-    with problem.adapter.full_precision(), quiet_float_errors():
+    with problem.adapter.full_precision(), problem.adapter.quiet_float_errors():
         out = _run(problem, *opts)
     if return_output:
         return out
